@@ -1,0 +1,275 @@
+"""The ``rft`` command: run notebooks and pipelines, show parameters, build the book.
+
+::
+
+    rft run NOTEBOOK [--params NAME] [--step STEP] [-p key=value ...] [--out DIR] [--force] [--timeout S]
+    rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list]
+    rft params NOTEBOOK
+    rft book [--strict] [--builder html]
+    rft mathjax [--force]
+    rft verify
+
+Errors print one line, ``rft: error: ...``, without a traceback (``RFT_DEBUG=1`` shows it); the exit
+code is 2 for bad input (parameters, names, missing files), 1 for a failed run or build.
+
+Example:
+    >>> build_parser().prog
+    'rft'
+    >>> main(["params", "no/such/notebook.ipynb"])
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ParameterError, RftError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+#: The MathJax served with the book (npm package ``mathjax``; its ``es5`` folder is copied).
+MATHJAX_VERSION = "3.2.2"
+MATHJAX_TARBALL_SHA256 = "1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09"
+MATHJAX_DIR = Path("book") / "_static" / "mathjax"
+MATHJAX_ENTRY = "tex-mml-chtml.js"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"rft: error: {message}\n")
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# run, pipeline, params
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .params import apply_overrides, load_param_file, resolve_path
+    from .runner import default_out_dir, run_notebook
+
+    nb = resolve_path(a.notebook, kind="notebook")
+    params: dict = {}
+    name, inputs, check, timeout = None, {}, None, a.timeout
+    if a.params:
+        pf = load_param_file(a.params)
+        step = pf.step_for(nb, a.step)
+        params = pf.parameters_for(step)
+        name = step.name if pf.is_pipeline else None
+        inputs, check = step.inputs, step.validate
+        timeout = timeout or step.timeout
+    elif a.step:
+        raise ParameterError("--step needs --params NAME (the step of a pipeline file)")
+    params = apply_overrides(params, a.set or [])
+    out = Path(a.out) if a.out else default_out_dir(nb, name)
+    r = run_notebook(nb, params, out, kernel_name=a.kernel, timeout=timeout or 3600.0, force=a.force,
+                     inputs=inputs, extra_checks=check, name=name, log=_echo)
+    print(r.notebook)
+    return EXIT_OK
+
+
+def cmd_pipeline(a: argparse.Namespace) -> int:
+    from .params import load_param_file
+    from .pipeline import run_pipeline, select_steps
+
+    pf = load_param_file(a.paramfile)
+    if a.list:
+        for s in select_steps(pf, a.only, a.from_step):
+            print(f"{s.name}\t{s.notebook}")
+        return EXIT_OK
+    run_pipeline(pf, only=a.only, from_step=a.from_step, force=a.force, kernel_name=a.kernel,
+                 timeout=a.timeout, echo=_echo)
+    return EXIT_OK
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    from .params import format_parameters
+
+    print(format_parameters(a.notebook))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# MathJax (served from the book itself: no CDN) and the book
+
+
+def _npm_pack(dest: Path) -> Path:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RftError(
+            "npm is not installed: install Node.js and npm (Debian: apt-get install -y nodejs npm), or set "
+            f"RFT_MATHJAX_TARBALL to a downloaded mathjax-{MATHJAX_VERSION}.tgz"
+        )
+    proc = subprocess.run(
+        [npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--pack-destination", str(dest), "--silent"],
+        capture_output=True, text=True, timeout=600,
+    )
+    tgz = dest / f"mathjax-{MATHJAX_VERSION}.tgz"
+    if proc.returncode != 0 or not tgz.is_file():
+        raise RftError(f"`npm pack mathjax@{MATHJAX_VERSION}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return tgz
+
+
+def fetch_mathjax(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Put MathJax into ``book/_static/mathjax`` (the book's ``mathjax_path`` points there).
+
+    The pinned npm package ``mathjax@3.2.2`` is fetched with ``npm pack`` (or read from
+    ``$RFT_MATHJAX_TARBALL``), its SHA-256 checked, and its ``es5`` folder (about 24 MB; ignored by
+    git) copied. Returns the folder. Nothing is done if it already holds MathJax, unless ``force``.
+    """
+    from .manifest import repo_root
+
+    target = Path(dest) if dest is not None else repo_root() / MATHJAX_DIR
+    if (target / MATHJAX_ENTRY).is_file() and not force:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.environ.get("RFT_MATHJAX_TARBALL")
+        tgz = Path(local) if local else _npm_pack(Path(tmp))
+        digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
+        if digest != MATHJAX_TARBALL_SHA256:
+            raise RftError(f"{tgz.name} has sha256 {digest}, expected {MATHJAX_TARBALL_SHA256} (mathjax {MATHJAX_VERSION})")
+        staging = Path(tmp) / "x"
+        with tarfile.open(tgz) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("package/es5/")]
+            tar.extractall(staging, members=members, filter="data")
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging / "package" / "es5", target)
+    return target
+
+
+def cmd_mathjax(a: argparse.Namespace) -> int:
+    print(fetch_mathjax(force=a.force))
+    return EXIT_OK
+
+
+def book_command(strict: bool = True, builder: str = "html", path_output: str | None = None) -> list[str]:
+    """The ``jupyter-book build`` command line for the book at the repository root."""
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", ".", "--builder", builder]
+    if path_output:
+        cmd += ["--path-output", path_output]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    return cmd
+
+
+def cmd_book(a: argparse.Namespace) -> int:
+    from .manifest import repo_root
+
+    root = repo_root()
+    if a.builder == "html":
+        fetch_mathjax()
+    cmd = book_command(a.strict, a.builder, a.path_output)
+    _echo("$ " + " ".join(cmd))
+    rc = subprocess.run(cmd, cwd=root).returncode
+    if rc != 0:
+        raise RftError(f"the book build failed (exit code {rc}); the first warning or error above says why")
+    return EXIT_OK
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    try:
+        from .worlds import verify_checkpoints  # type: ignore[attr-defined]
+    except ImportError:
+        _echo("rft: checksum verification is not available (rftlib.worlds.verify_checkpoints is missing)")
+        return EXIT_FAILED
+    result = verify_checkpoints()
+    if result not in (None, True):
+        print(result)
+    return EXIT_FAILED if result is False else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``rft`` (one sub-command per task)."""
+    p = _Parser(
+        prog="rft",
+        description="Run the study's notebooks (validated, cached) and build its book.",
+        epilog="Parameter files live in notebooks/params/NAME.yaml; see `rft params NOTEBOOK` for a notebook's parameters.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", help="run one notebook with validated parameters into book/results/<step>/")
+    r.add_argument("notebook", metavar="NOTEBOOK", help="the notebook (.ipynb)")
+    r.add_argument("--params", metavar="NAME", help="parameter file: notebooks/params/NAME.yaml or a path")
+    r.add_argument("--step", metavar="STEP", help="which step of a pipeline file (if it runs the notebook twice)")
+    r.add_argument("-p", "--set", action="append", metavar="KEY=VALUE", help="override a parameter (YAML value); repeatable")
+    r.add_argument("--out", metavar="DIR", help="results folder (default book/results/<step>)")
+    r.add_argument("--force", action="store_true", help="rerun even if a cached run matches")
+    r.add_argument("--timeout", type=float, metavar="S", help="seconds allowed per cell (default 3600)")
+    r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("pipeline", help="run the steps of a pipeline file in order")
+    pl.add_argument("paramfile", metavar="PARAMFILE", help="pipeline file: NAME (notebooks/params/NAME.yaml) or a path")
+    pl.add_argument("--only", action="append", metavar="STEP", help="run only this step; repeatable")
+    pl.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the ones after it")
+    pl.add_argument("--force", action="store_true", help="rerun steps even if cached")
+    pl.add_argument("--timeout", type=float, metavar="S", help="seconds per cell for steps that set none")
+    pl.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    pl.add_argument("--list", action="store_true", help="list the steps that would run, and stop")
+    pl.set_defaults(func=cmd_pipeline)
+
+    pa = sub.add_parser("params", help="show a notebook's parameters: name, type, default, meaning")
+    pa.add_argument("notebook", metavar="NOTEBOOK")
+    pa.set_defaults(func=cmd_params)
+
+    b = sub.add_parser("book", help="build the Jupyter Book (fetches MathJax first if missing)")
+    b.add_argument("--strict", action="store_true", help="warnings are errors: -W -n --keep-going")
+    b.add_argument("--builder", default="html", help="Sphinx builder (default html)")
+    b.add_argument("--path-output", metavar="DIR", help="build into DIR/_build instead of ./_build")
+    b.set_defaults(func=cmd_book)
+
+    m = sub.add_parser("mathjax", help=f"fetch MathJax {MATHJAX_VERSION} into {MATHJAX_DIR.as_posix()} (offline math)")
+    m.add_argument("--force", action="store_true", help="fetch again even if present")
+    m.set_defaults(func=cmd_mathjax)
+
+    v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rft``; returns the exit code (also raised as ``SystemExit`` by ``--help``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ParameterError, FileNotFoundError) as e:
+        if os.environ.get("RFT_DEBUG"):
+            raise
+        _echo(f"rft: error: {e}")
+        return EXIT_BAD_INPUT
+    except RftError as e:
+        if os.environ.get("RFT_DEBUG"):
+            raise
+        _echo(f"rft: error: {e}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _echo("rft: interrupted")
+        return 130
+
+
+def _console() -> None:  # pragma: no cover - python -m rftlib.cli
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _console()
