@@ -22,25 +22,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from .errors import ParameterError, RftError
+from .mathjax import MATHJAX_DIR, MATHJAX_VERSION
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-#: The MathJax served with the book (npm package ``mathjax``; its ``es5`` folder is copied).
-MATHJAX_VERSION = "3.2.2"
-MATHJAX_TARBALL_SHA256 = "1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09"
-MATHJAX_DIR = Path("book") / "_static" / "mathjax"
-MATHJAX_ENTRY = "tex-mml-chtml.js"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,50 +98,11 @@ def cmd_params(a: argparse.Namespace) -> int:
 # MathJax (served from the book itself: no CDN) and the book
 
 
-def _npm_pack(dest: Path) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RftError(
-            "npm is not installed: install Node.js and npm (Debian: apt-get install -y nodejs npm), or set "
-            f"RFT_MATHJAX_TARBALL to a downloaded mathjax-{MATHJAX_VERSION}.tgz"
-        )
-    proc = subprocess.run(
-        [npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--pack-destination", str(dest), "--silent"],
-        capture_output=True, text=True, timeout=600,
-    )
-    tgz = dest / f"mathjax-{MATHJAX_VERSION}.tgz"
-    if proc.returncode != 0 or not tgz.is_file():
-        raise RftError(f"`npm pack mathjax@{MATHJAX_VERSION}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-    return tgz
+def fetch_mathjax(force: bool = False) -> Path:
+    """Put MathJax into ``book/_static/mathjax`` if missing (see :mod:`rftlib.mathjax`)."""
+    from .mathjax import ensure
 
-
-def fetch_mathjax(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Put MathJax into ``book/_static/mathjax`` (the book's ``mathjax_path`` points there).
-
-    The pinned npm package ``mathjax@3.2.2`` is fetched with ``npm pack`` (or read from
-    ``$RFT_MATHJAX_TARBALL``), its SHA-256 checked, and its ``es5`` folder (about 24 MB; ignored by
-    git) copied. Returns the folder. Nothing is done if it already holds MathJax, unless ``force``.
-    """
-    from .manifest import repo_root
-
-    target = Path(dest) if dest is not None else repo_root() / MATHJAX_DIR
-    if (target / MATHJAX_ENTRY).is_file() and not force:
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.environ.get("RFT_MATHJAX_TARBALL")
-        tgz = Path(local) if local else _npm_pack(Path(tmp))
-        digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
-        if digest != MATHJAX_TARBALL_SHA256:
-            raise RftError(f"{tgz.name} has sha256 {digest}, expected {MATHJAX_TARBALL_SHA256} (mathjax {MATHJAX_VERSION})")
-        staging = Path(tmp) / "x"
-        with tarfile.open(tgz) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith("package/es5/")]
-            tar.extractall(staging, members=members, filter="data")
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(staging / "package" / "es5", target)
-    return target
+    return ensure(force=force)
 
 
 def cmd_mathjax(a: argparse.Namespace) -> int:
@@ -174,6 +127,9 @@ def cmd_book(a: argparse.Namespace) -> int:
     root = repo_root()
     if a.builder == "html":
         fetch_mathjax()
+    from .pages import render_pages
+
+    render_pages()
     cmd = book_command(a.strict, a.builder, a.path_output)
     _echo("$ " + " ".join(cmd))
     rc = subprocess.run(cmd, cwd=root).returncode
@@ -188,10 +144,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
     except ImportError:
         _echo("rft: checksum verification is not available (rftlib.worlds.verify_checkpoints is missing)")
         return EXIT_FAILED
-    result = verify_checkpoints()
-    if result not in (None, True):
-        print(result)
-    return EXIT_FAILED if result is False else EXIT_OK
+    for name, digest in verify_checkpoints().items():
+        print(f"{name}: sha256 {digest} OK")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def plot_correlation(df: pd.DataFrame, x: str, y: str, hue: str | None = None,
 
 def plot_heatmap(df: pd.DataFrame, value: str = "value", row: str = "layer", col: str = "alpha",
                  center: float | None = None, annot: bool = False, fmt: str = ".2f",
-                 cbar_label: str | None = None) -> Figure:
+                 cbar_label: str | None = None, panel: str | None = None) -> Figure:
     """Heatmap of ``value`` with ``row`` (layers, in order of first appearance) against ``col`` (α).
 
     Duplicate (row, col) cells are averaged. ``center`` switches to the diverging map centred there.
@@ -214,19 +214,23 @@ def plot_heatmap(df: pd.DataFrame, value: str = "value", row: str = "layer", col
         >>> [t.get_text() for t in ax.get_yticklabels()]
         ['b.0', 'b.1']
     """
-    _need(df, [row, col, value])
+    _need(df, [row, col, value] + ([panel] if panel else []))
     rows, cols = _order(df[row]), sorted(_order(df[col]))
-    grid = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean").reindex(index=rows, columns=cols)
+    panels = _order(df[panel]) if panel else [None]
     h = max(2.5, 0.3 * len(rows) + 1.2)
     w = max(FIGSIZE["single"][0], 0.5 * len(cols) + 2.0)
-    fig = Figure(figsize=(w, h), layout="constrained")
-    ax = fig.subplots()
-    sns.heatmap(grid, ax=ax, cmap=CMAP_DIVERGING if center is not None else CMAP, center=center,
-                annot=annot, fmt=fmt, cbar_kws={"label": cbar_label or value},
-                xticklabels=[f"{c:g}" if isinstance(c, (int, float, np.number)) else str(c) for c in cols],
-                yticklabels=[str(r) for r in rows])
-    ax.set_xlabel(col)
-    ax.set_ylabel(row)
+    fig = Figure(figsize=(min(w * len(panels), 15.0), h), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, p in zip(axes, panels):
+        sub = df if p is None else df[df[panel] == p]
+        grid = sub.pivot_table(index=row, columns=col, values=value, aggfunc="mean").reindex(index=rows, columns=cols)
+        sns.heatmap(grid, ax=ax, cmap=CMAP_DIVERGING if center is not None else CMAP, center=center,
+                    annot=annot, fmt=fmt, cbar_kws={"label": cbar_label or value},
+                    xticklabels=[f"{c:g}" if isinstance(c, (int, float, np.number)) else str(c) for c in cols],
+                    yticklabels=[str(r) for r in rows])
+        ax.set_xlabel(col)
+        ax.set_ylabel(row)
+        ax.set_title("" if p is None else str(p))
     return fig
 
 
@@ -271,4 +275,116 @@ def plot_split_bars(df: pd.DataFrame, ood_splits: Sequence[str], unseen: Sequenc
     ax.set_ylim(0, 1)
     ax.tick_params(axis="x", rotation=30)
     ax.set_xlabel("")
+    return fig
+
+
+def plot_layer_bars(df: pd.DataFrame, measures: Sequence[str], layer: str = "layer", hue: str = "run") -> Figure:
+    """One bar panel per measure (e.g. barrier, OOD drop): layers on x, one bar per ``hue``.
+
+    Example:
+        >>> df = pd.DataFrame({"layer": ["a", "b"] * 2, "run": ["r1"] * 2 + ["r2"] * 2,
+        ...                    "barrier": [.1, .2, .3, .1], "ood_drop": [0, .1, .2, .0]})
+        >>> len(plot_layer_bars(df, ["barrier", "ood_drop"]).axes)
+        2
+    """
+    _need(df, [layer, hue, *measures])
+    w, h = FIGSIZE["wide"]
+    fig = Figure(figsize=(w, h), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(measures), squeeze=False)).ravel()
+    for i, (ax, m) in enumerate(zip(axes, measures)):
+        sns.barplot(data=df, x=layer, y=m, hue=hue, order=_order(df[layer]), ax=ax, legend=(i == 0), errorbar=None)
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_xlabel("")
+        ax.set_title(m.replace("_", " "))
+    return fig
+
+
+def plot_sparsity_curves(rows: pd.DataFrame, ood_splits: Sequence[str], run: str = "run") -> Figure:
+    """Mean OOD accuracy along α for each intervention × target × p (one panel per run); the
+    unmodified path is drawn in black.
+
+    Example:
+        >>> r = pd.DataFrame({"run": "a", "intervention": ["none"] * 2 + ["mask_both"] * 2,
+        ...     "target": ["none"] * 2 + ["stragglers"] * 2, "p": [0, 0, .5, .5], "alpha": [0, 1] * 2,
+        ...     "split": "o", "accuracy": [.5, .4, .5, .45]})
+        >>> len(plot_sparsity_curves(r, ["o"]).axes)
+        1
+    """
+    _need(rows, [run, "intervention", "target", "p", "alpha", "split", "accuracy"])
+    d = rows[rows["split"].isin(list(ood_splits))]
+    d = d.groupby([run, "intervention", "target", "p", "alpha"], as_index=False)["accuracy"].mean()
+    d["path"] = np.where(d["intervention"] == "none", "unmodified",
+                         d["intervention"] + " · " + d["target"] + " · p=" + d["p"].map("{:g}".format))
+    runs = _order(d[run])
+    w, h = FIGSIZE["single"]
+    fig = Figure(figsize=(min(w * len(runs) + 2.5, 15.0), h + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True, squeeze=False)).ravel()
+    for i, (ax, r) in enumerate(zip(axes, runs)):
+        sub = d[d[run] == r]
+        other = sub[sub["path"] != "unmodified"]
+        sns.lineplot(data=other, x="alpha", y="accuracy", hue="path", style="target", ax=ax, legend=(i == len(runs) - 1),
+                     errorbar=None, alpha=0.8)
+        base = sub[sub["path"] == "unmodified"].sort_values("alpha")
+        ax.plot(base["alpha"], base["accuracy"], color="black", lw=2.5, marker="o", label="unmodified")
+        ax.set_title(str(r))
+        ax.set_xlabel("α")
+        ax.set_ylabel("mean OOD accuracy")
+    if len(runs):
+        handles, labels = axes[len(runs) - 1].get_legend_handles_labels()
+        if axes[len(runs) - 1].get_legend() is not None:
+            axes[len(runs) - 1].get_legend().remove()
+        fig.legend(handles, labels, loc="outside right upper", fontsize="x-small")
+    return fig
+
+
+def plot_sharpness_vs_alpha(df: pd.DataFrame) -> Figure:
+    """Whole-model sharpness against α per run (one panel per ρ), beside mean OOD accuracy.
+
+    Example:
+        >>> df = pd.DataFrame({"run": "a", "alpha": [0, .5, 1], "rho": 0.1, "value": [.1, .3, .2],
+        ...                    "ood_acc": [.5, .55, .4]})
+        >>> len(plot_sharpness_vs_alpha(df).axes)
+        2
+    """
+    _need(df, ["run", "alpha", "rho", "value", "ood_acc"])
+    rhos = sorted(df["rho"].unique())
+    w, h = FIGSIZE["single"]
+    fig = Figure(figsize=(min(w * (len(rhos) + 1), 15.0), h), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(rhos) + 1, squeeze=False)).ravel()
+    for i, (ax, rho) in enumerate(zip(axes, rhos)):
+        sns.lineplot(data=df[df["rho"] == rho], x="alpha", y="value", hue="run", marker="o", ax=ax,
+                     legend=False, errorbar=None)
+        ax.set_title(f"sharpness, ρ = {rho:g}")
+        ax.set_xlabel("α")
+    acc = df.drop_duplicates(["run", "alpha"])
+    sns.lineplot(data=acc, x="alpha", y="ood_acc", hue="run", marker="o", ax=axes[-1], errorbar=None)
+    axes[-1].set_title("mean OOD accuracy")
+    axes[-1].set_xlabel("α")
+    axes[-1].legend(fontsize="x-small")
+    return fig
+
+
+def plot_layer_correlations(corr: pd.DataFrame, stragglers: set | Sequence[str] = ()) -> Figure:
+    """Mean within-run Kendall τ(sharpness, OOD accuracy) per layer with its bootstrap interval;
+    straggler layers (and the summed straggler sharpness) highlighted.
+
+    Example:
+        >>> c = pd.DataFrame({"layer": ["all", "b0", "b1"], "rho": .1, "mean": [.1, -.5, .3],
+        ...                   "ci_low": [-.2, -.8, 0], "ci_high": [.4, -.2, .6]})
+        >>> len(plot_layer_correlations(c, {"b0"}).axes)
+        1
+    """
+    _need(corr, ["layer", "mean", "ci_low", "ci_high"])
+    d = corr.reset_index(drop=True)
+    marked = set(stragglers) | {"stragglers"}
+    colours = ["tab:red" if l in marked else ("0.3" if l == "all" else "tab:blue") for l in d["layer"]]
+    fig = Figure(figsize=(max(FIGSIZE["single"][0], 0.6 * len(d) + 1.5), FIGSIZE["single"][1]), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(d))
+    ax.bar(x, d["mean"], color=colours)
+    ax.errorbar(x, d["mean"], yerr=[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]], fmt="none", ecolor="black", capsize=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [("whole model" if l == "all" else str(l)) for l in d["layer"]], rotation=30)
+    ax.set_ylabel("mean within-run Kendall τ")
+    ax.set_title("sharpness vs OOD accuracy (red: straggler layers)")
     return fig

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -173,11 +172,28 @@ def rftlib_source_hash() -> str:
     return h.hexdigest()
 
 
+def _skipped_in_folder(rel: Path) -> bool:
+    """Files a folder's fingerprint leaves out: hidden ones, manifests and executed notebooks, whose
+    times change on every run although the data they describe does not."""
+    return any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or (
+        rel.name == MANIFEST_NAME or rel.suffix == ".ipynb"
+    )
+
+
 def hash_input(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of a folder (over its files' relative names and hashes, sorted).
+    """SHA-256 of a file, or of a folder's data files (relative names and hashes, sorted; hidden
+    files, ``manifest.json`` and ``*.ipynb`` left out, so a rerun that reproduces the same data
+    gives the same fingerprint).
 
     Raises:
         FileNotFoundError: the path does not exist (the message names it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.csv").write_text("x"); before = hash_input(d)
+        >>> _ = (d / "manifest.json").write_text("{}"); hash_input(d) == before
+        True
     """
     from .checkpoints import sha256  # imported here: importing torch is slow for the `rft` command
 
@@ -186,8 +202,10 @@ def hash_input(path: str | os.PathLike) -> str:
         return sha256(p)
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(f"{f.relative_to(p).as_posix()}\0{sha256(f)}\n".encode())
+        for f in sorted(p.rglob("*")):
+            rel = f.relative_to(p)
+            if f.is_file() and not _skipped_in_folder(rel):
+                h.update(f"{rel.as_posix()}\0{sha256(f)}\n".encode())
         return h.hexdigest()
     raise FileNotFoundError(f"input file not found: {portable_path(p)} (relative paths start at the repository root)")
 

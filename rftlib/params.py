@@ -8,9 +8,10 @@ literals only, one per line, each with a trailing comment giving its meaning::
     layers = [0, 1]        # list[int]: layers to interpolate
     budget: int | None = None  # optional annotation: types a None default
 
-The default's type is the parameter's type (or the annotation, where there is one): an ``int`` is
-accepted for a ``float``; a list's elements are checked against the default's element type; a
-``None`` default without annotation accepts anything.
+The parameter's type is its annotation where there is one, else the type its comment declares
+before a colon (``list[str]: ...``, ``int or None: ...``) when that admits the default, else the
+default's own type. An ``int`` is accepted for a ``float``; a list's elements are checked against the
+element type; a ``None`` default without a declared type accepts anything.
 
 Parameter files live in ``notebooks/params/<name>.yaml``. Three forms, told apart by their keys:
 
@@ -238,6 +239,33 @@ def _type_from_annotation(node: ast.expr | None) -> ParamType:
     return ANY
 
 
+_COMMENT_TYPE = re.compile(r"^\s*([A-Za-z_][\w\[\], |.]*?)\s*:(?:\s|$)")
+
+
+def _type_from_comment(comment: str) -> ParamType | None:
+    """The type a parameter's comment declares before a colon (``"list[str]: run names"``,
+    ``"int or None: ..."``), or ``None`` when it declares none that is known.
+
+    Example:
+        >>> str(_type_from_comment("int or None: epochs")), _type_from_comment("note: text")
+        ('int | None', None)
+    """
+    m = _COMMENT_TYPE.match(comment or "")
+    if not m:
+        return None
+    text = re.sub(r"\s+or\s+", " | ", m.group(1))
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    known = set(_NAMES) | {"Optional", "Union", "Sequence", "Mapping"}
+    if not names or not names <= known:
+        return None
+    t = _type_from_annotation(node)
+    return None if t.kind == "any" else t
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a notebook's parameters cell
 
@@ -325,7 +353,11 @@ def parse_parameters_source(source: str, where: str = "parameters cell") -> dict
                 above.insert(0, lines[ln - 1].strip().lstrip("#").strip())
                 ln -= 1
             help_text = " ".join(above)
-        ptype = _type_from_annotation(ann) if ann is not None else type_of_default(default)
+        if ann is not None:
+            ptype = _type_from_annotation(ann)
+        else:  # the comment's declared type when it admits the default ("list[str]: ..." for []),
+            declared = _type_from_comment(help_text)  # else the default's own type
+            ptype = declared if declared is not None and declared.accepts(default) else type_of_default(default)
         for name in names:
             specs[name] = ParamSpec(name, default, ptype, help_text)
     return specs
@@ -431,7 +463,7 @@ def check_params(
     for name, value in params.items():
         spec = specs.get(name)
         if spec is None:
-            close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.7)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
             problems.append(f"unknown parameter {name!r} for {where}{hint}; allowed: {allowed}")
             continue

@@ -10,7 +10,9 @@ per-cell timeout) and writes into the step's results folder:
 
 **Cache.** A run is skipped when the folder holds the executed notebook and a manifest with the same
 parameters, notebook content (cell types and sources; outputs are ignored) and input hashes
-(``force=True`` reruns). Package versions and the git commit are recorded but do not invalidate
+(``force=True`` reruns). Inputs are the files named by ``inputs`` and every file or folder that a
+parameter (given or default) names, e.g. an upstream step's results folder: a step reruns when the
+data it reads changed (a folder's manifest and executed notebooks do not count). Package versions and the git commit are recorded but do not invalidate
 the cache (every commit would otherwise rerun every step); the result says when the library's
 sources changed since.
 
@@ -44,6 +46,7 @@ from .errors import RftError
 from .manifest import (
     build_manifest,
     hash_input,
+    input_hashes,
     manifests_match,
     portable_path,
     read_manifest,
@@ -154,21 +157,42 @@ def default_out_dir(notebook: str | os.PathLike, step: str | None = None) -> Pat
     return repo_root() / RESULTS_DIR / (step or Path(notebook).stem)
 
 
+#: Folders named by parameters are fingerprinted only up to this many files (else left out).
+MAX_FOLDER_FILES = 5000
+
+
 def _path_inputs(params: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """String parameters that name existing files (outside ``out_dir``): hashed as inputs."""
+    """Parameters naming existing files or folders (other than the step's own results folder and
+    anything holding the repository): fingerprinted as inputs ``param:<name>``."""
     found: dict[str, Path] = {}
     root = repo_root()
+    own = out_dir.resolve()
     for k, v in params.items():
-        if not isinstance(v, str) or not v or "\n" in v or len(v) > 1024:
+        if not isinstance(v, str) or not v.strip() or "\n" in v or len(v) > 1024:
             continue
         p = Path(v)
         p = p if p.is_absolute() else root / p
         try:
-            if p.is_file() and out_dir not in p.resolve().parents:
-                found[f"param:{k}"] = p
+            rp = p.resolve()
+            if rp == own or own in rp.parents or not p.exists():
+                continue
+            if p.is_dir():
+                if rp == root or rp in root.parents or ".git" in rp.parts or ".venv" in rp.parts:
+                    continue
+                if sum(1 for _ in zip(range(MAX_FOLDER_FILES + 1), rp.rglob("*"))) > MAX_FOLDER_FILES:
+                    continue
+            found[f"param:{k}"] = p
         except OSError:
             continue
     return found
+
+
+def _fingerprints(inputs: Mapping[str, Any], root: Path) -> dict[str, str]:
+    out = {}
+    for k, v in sorted(inputs.items()):
+        p = Path(v)
+        out[k] = hash_input(p if p.is_absolute() else root / p)
+    return out
 
 
 def _failing_cell(nb_path: Path) -> tuple[int | None, int | None, str]:
@@ -275,7 +299,8 @@ def run_notebook(
         timeout: seconds allowed per cell (``None``: no limit).
         force: rerun even when a matching cached run exists.
         inputs: named input files or folders, hashed into the manifest and the cache key; string
-            parameters naming existing files are added automatically as ``param:<name>``.
+            parameters (given or default) naming existing files or folders, such as an upstream
+            step's results folder, are added automatically as ``param:<name>``.
         extra_checks: value checks run before execution (see :func:`rftlib.params.validate_params`).
         name: the step name (default: the notebook's file name stem).
         start_timeout: seconds to wait for the kernel to start.
@@ -307,11 +332,9 @@ def run_notebook(
     checked = validate_params(src, given, extra_checks=extra_checks)
 
     # 2. what this run depends on
-    all_inputs: dict[str, Any] = {**_path_inputs(checked, out), **dict(inputs or {})}
-    input_sha = {}
-    for k, v in sorted(all_inputs.items()):
-        p = Path(v)
-        input_sha[k] = hash_input(p if p.is_absolute() else root / p)
+    effective = {**{k: s.default for k, s in specs.items()}, **checked}
+    all_inputs: dict[str, Any] = {**_path_inputs(effective, out), **dict(inputs or {})}
+    input_sha = _fingerprints(all_inputs, root)
     nb_sha = notebook_content_hash(src)
     executed = out / f"{src.stem}.ipynb"
     seed = checked.get("seed", specs["seed"].default if "seed" in specs else None)
@@ -398,6 +421,10 @@ def run_notebook(
     _normalise_executed(running, portable_path(src, root), portable_path(executed, root))
     os.replace(running, executed)
     failed.unlink(missing_ok=True)
+    # inputs as the run left them: a folder the step also writes into (e.g. weights it caches)
+    # then matches on the next check, so the step is not rerun for its own writes
+    manifest["inputs"] = input_hashes(all_inputs, root)
+    manifest["input_sha256"] = {k: v["sha256"] for k, v in manifest["inputs"].items()}
     own = read_manifest(out)
     if own is not None and own != previous:
         # the notebook wrote its own manifest during the run: keep its extra keys and step times

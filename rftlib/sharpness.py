@@ -71,6 +71,7 @@ __all__ = [
     "NORMS",
     "L2_PROJECTIONS",
     "SharpnessResult",
+    "NothingToPerturbError",
     "sharpness",
     "worst_case_sharpness",
     "average_case_sharpness",
@@ -198,7 +199,7 @@ def _norm(ts: Iterable[torch.Tensor], norm: str) -> float:
         return 0.0
     if norm == "linf":
         return max(float(t.abs().max()) if t.numel() else 0.0 for t in ts)
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in ts))
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t)) ** 2 for t in ts))
 
 
 def relative_norm(delta: Sequence[torch.Tensor], c: Sequence[torch.Tensor], norm: str) -> float:
@@ -251,9 +252,9 @@ def project_ellipsoid(z: Sequence[torch.Tensor], c: Sequence[torch.Tensor], rho:
     b = [ci * ci for ci in c]
 
     def g(lam: float) -> float:  # ‖δ(λ) ⊘ c‖₂², decreasing in λ
-        return sum(float((ai / (bi + lam)).double().pow(2).sum()) for ai, bi in zip(a, b))
+        return sum(float(torch.linalg.vector_norm(ai / (bi + lam))) ** 2 for ai, bi in zip(a, b))
 
-    lo, hi = 0.0, math.sqrt(sum(float(ai.double().pow(2).sum()) for ai in a)) / rho  # g(hi) ≤ ρ²
+    lo, hi = 0.0, _norm(a, "l2") / rho  # g(hi) ≤ ρ²
     target = rho * rho
     for _ in range(max_bisect):
         mid = 0.5 * (lo + hi)
@@ -395,6 +396,10 @@ def _loss_err(logits: torch.Tensor, y: torch.Tensor, logit_norm: bool) -> tuple[
     return F.cross_entropy(z, y), (logits.argmax(dim=1) != y).float().mean()
 
 
+class NothingToPerturbError(ParameterError):
+    """The group holds no parameter that gets a gradient (frozen, unused, or not floating-point)."""
+
+
 class _Perturbed:
     """The perturbed parameters of one estimate: originals, budgets c, in-place writes, restore."""
 
@@ -481,8 +486,8 @@ def sharpness(
         A :class:`SharpnessResult`.
 
     Raises:
-        ParameterError: a bad parameter, an empty data set, or a group in which no parameter gets a
-            gradient.
+        ParameterError: a bad parameter or an empty data set.
+        NothingToPerturbError: (a ``ParameterError``) no parameter of the group gets a gradient.
         NumericalError: the loss became NaN or infinite (the message names the layer).
     """
     rho = _check_rho(rho)
@@ -503,8 +508,9 @@ def sharpness(
     key_set = set(keys)
     candidates = [(n, p) for n, p in by_name.items() if n in key_set and p.requires_grad and p.is_floating_point()]
     if not candidates:
-        raise ParameterError(f"group {layer!r} holds no trainable floating-point parameter (of {len(keys)} keys); "
-                             "nothing to perturb. Pick another layer, or unfreeze it.")
+        raise NothingToPerturbError(
+            f"group {layer!r} holds no trainable floating-point parameter (of {len(keys)} keys); nothing to "
+            "perturb. Pick another layer, or unfreeze it.")
     all_params = list(model.parameters())
     flags = [p.requires_grad for p in all_params]
     was_training = model.training
@@ -530,11 +536,13 @@ def sharpness(
         start = 0 if naive else stage_of_keys(stages, [n for n, _ in candidates])
         probe = SuffixModel(model, start)
         loss, _ = _loss_err(probe.full(first[0][:1]), first[1][:1], logit_norm)
-        grads = torch.autograd.grad(loss, [p for _, p in candidates], allow_unused=True)
+        grads = (torch.autograd.grad(loss, [p for _, p in candidates], allow_unused=True) if loss.requires_grad
+                 else [None] * len(candidates))
         active = [(n, p) for (n, p), g in zip(candidates, grads) if g is not None]
         if not active:
-            raise ParameterError(f"no parameter of group {layer!r} gets a gradient from the loss "
-                                 f"({len(candidates)} trainable tensors, all unused by the forward pass).")
+            raise NothingToPerturbError(
+                f"no parameter of group {layer!r} gets a gradient from the loss ({len(candidates)} trainable "
+                "tensors, all unused by the forward pass); nothing to perturb.")
         for n, p in candidates:
             if all(p is not q for _, q in active):
                 p.requires_grad_(False)
@@ -782,9 +790,6 @@ def layerwise_sharpness(model: nn.Module, data: Any, layers: Mapping[str, Sequen
     for layer, keys in bar(todo, desc="layer-wise sharpness", disable=not progress, unit="layer"):
         try:
             out.append(sharpness(model, data, keys, name=layer, progress=False, **kwargs))
-        except ParameterError as e:
-            if "nothing to perturb" in str(e) or "gets a gradient" in str(e):
-                warnings.warn(f"layer {layer!r} skipped: {e}", stacklevel=2)
-                continue
-            raise
+        except NothingToPerturbError as e:
+            warnings.warn(f"layer {layer!r} skipped: {e}", stacklevel=2)
     return out

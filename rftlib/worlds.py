@@ -208,3 +208,8 @@ def load_world(name_or_path: str | Path) -> World:
         unseen_styles=list(cfg["unseen_styles"]), natural_ood=natural, captions=dict(cfg["captions"]),
         split=dict(cfg["split"]), pretrain=dict(cfg["pretrain"]), folder=path.parent,
     )
+
+
+def verify_checkpoints(names: list[str] | None = None) -> dict[str, str]:
+    """Verify every shipped world checkpoint against its manifest (``rft verify``); name → sha256."""
+    return {n: load_world(n).verify_checkpoint() for n in (names or available_worlds())}

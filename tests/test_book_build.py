@@ -29,7 +29,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rftlib.cli import MATHJAX_ENTRY, book_command, fetch_mathjax
+from rftlib.cli import book_command
+from rftlib.mathjax import MATHJAX_ENTRY
+from rftlib.mathjax import ensure as fetch_mathjax
 from rftlib.manifest import repo_root
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
@@ -78,6 +80,9 @@ def built_book():
         fetch_mathjax()
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"MathJax could not be put into book/_static/mathjax ({e}); run `rft mathjax`")
+    from rftlib.pages import render_pages
+
+    render_pages()
     with tempfile.TemporaryDirectory(prefix="rft-book-") as tmp:
         cmd = book_command(strict=True, path_output=tmp)
         env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}

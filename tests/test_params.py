@@ -167,3 +167,20 @@ def test_missing_param_file_suggests_names(tmp_path):
     _write(tmp_path, "quick", "a: 1\n")
     with pytest.raises(ParameterError, match="did you mean 'quick'.*available: quick"):
         load_param_file("quik", params_dir=tmp_path)
+
+
+def test_type_declared_in_comment():
+    specs = parse_parameters_source(
+        "runs = []  # list[str]: run names\n"
+        "n = None  # int or None: a count\n"
+        "scale = 1  # float: a scale\n"
+        "note = 'x'  # Note: not a type\n"
+        "odd = 0.5  # int: contradicts the default, so the default's type wins\n"
+    )
+    assert {k: str(s.type) for k, s in specs.items()} == {
+        "runs": "list[str]", "n": "int | None", "scale": "float", "note": "str", "odd": "float"}
+    from rftlib.params import check_params
+
+    with pytest.raises(ParameterError, match="'runs' must be list\\[str\\], got list \\[1\\]"):
+        check_params(specs, {"runs": [1]})
+    assert check_params(specs, {"scale": 2, "n": 3}) == {"scale": 2.0, "n": 3}

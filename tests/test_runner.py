@@ -108,6 +108,22 @@ def test_cache_skip_and_rerun(tmp_path):
     assert notebook_content_hash(edited) != notebook_content_hash(DUMMY)
 
 
+def test_folders_named_by_parameters_are_inputs(tmp_path):
+    up = tmp_path / "upstream"
+    up.mkdir()
+    (up / "a.csv").write_text("x\n1\n")
+    out = tmp_path / "dummy"
+    first = run_notebook(DUMMY, {"touch": str(up)}, out)
+    assert "param:touch" in first.manifest["inputs"] and (up / "marker.txt").exists()
+    # the step's own write into the folder does not make it stale
+    assert run_notebook(DUMMY, {"touch": str(up)}, out).cached
+    (up / "manifest.json").write_text("{}")  # times of an upstream rerun: not data
+    (up / "up.ipynb").write_text("{}")
+    assert run_notebook(DUMMY, {"touch": str(up)}, out).cached
+    (up / "a.csv").write_text("x\n2\n")  # the upstream data changed
+    assert not run_notebook(DUMMY, {"touch": str(up)}, out).cached
+
+
 def test_failing_notebook_names_cell_and_keeps_good_outputs(tmp_path):
     out = tmp_path / "dummy"
     good = run_notebook(DUMMY, {"alpha": 0.1}, out)
@@ -219,7 +235,7 @@ def test_cli_bad_input_in_a_real_process():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "rft: error: unknown parameter 'epoch' for tests/fixtures/dummy.ipynb (did you mean 'epochs'?); "
-        "allowed: alpha, epochs, world, layers, budget, seed, fail, sleep, out_dir"
+        "allowed: alpha, epochs, world, layers, budget, seed, fail, sleep, touch, out_dir"
     ]
 
 
