@@ -205,6 +205,43 @@ def intro_fragment(claims: pd.DataFrame | None) -> str:
     return "".join(out)
 
 
+def reproduce_fragment() -> str:
+    """Measured cost of each pipeline step, of pretraining, and the prefix-caching benchmark."""
+    import json
+
+    parts = []
+    t = _read("pipeline", "timings")
+    if t is not None and len(t):
+        t = t.copy()
+        t["minutes"] = (t["seconds"] / 60).round(2)
+        total = t["seconds"].sum() / 60
+        parts.append("Wall time of each step of the last full pipeline run on this project's machine (2 CPU cores; "
+                     f"`book/results/pipeline/timings.csv`); {total:.1f} minutes in all, plus the book build:\n\n"
+                     + _table(t[["step", "minutes"]], 2) + "\n")
+    else:
+        parts.append("*No pipeline timings yet (`book/results/pipeline/timings.csv`).*\n\n")
+    rows = []
+    for w in WORLDS:
+        p = repo_root() / "worlds" / w / "manifest.json"
+        if p.is_file():
+            m = json.loads(p.read_text())
+            rows.append({"world": w, "epochs": len(m["history"]), "minutes": round(m["pretrain_seconds"] / 60, 1)})
+    if rows:
+        parts.append("Re-creating a world's zero-shot checkpoint from scratch (`recreate=true`; not part of the default "
+                     "run, which uses the shipped checkpoints) took, measured while pretraining here:\n\n"
+                     + _table(pd.DataFrame(rows), 1) + "\n")
+    b = repo_root() / "book" / "results" / "benchmarks" / "prefix.json"
+    if b.is_file():
+        data = json.loads(b.read_text())
+        res = pd.DataFrame(data.get("results", []))
+        keep = [c for c in res.columns if c in ("model", "arch", "batch", "image_size", "n_iters")
+                or "ratio" in c or "speedup" in c or c.endswith("_s")]
+        if len(res) and keep:
+            parts.append("Prefix caching for layer-wise sharpness (`benchmarks/bench_prefix.py`, a sweep over every "
+                         "block measured side by side in one run; seconds and speed-up ratios):\n\n" + _table(res[keep], 2) + "\n")
+    return "".join(parts)
+
+
 def render_pages(out: str | Path = GENERATED) -> list[Path]:
     """Write every fragment; returns their paths."""
     folder = repo_root() / out
@@ -212,7 +249,7 @@ def render_pages(out: str | Path = GENERATED) -> list[Path]:
     claims = None if claims is None or claims.empty else claims
     frags = {"claims_table.md": claims_fragment(claims), "p1.md": p1_fragment(claims),
              "f1.md": sharpness_fragment(claims, "f1"), "f2_f3.md": sharpness_fragment(claims, "f2"),
-             "f4.md": f4_fragment(claims), "worlds.md": worlds_fragment(), "intro.md": intro_fragment(claims)}
+             "f4.md": f4_fragment(claims), "worlds.md": worlds_fragment(), "intro.md": intro_fragment(claims), "reproduce.md": reproduce_fragment()}
     paths = []
     for name, text in frags.items():
         p = folder / name

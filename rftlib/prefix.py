@@ -260,7 +260,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     own = model.state_dict(keep_vars=True)
     unknown = [k for k in keys if k not in own]
     if unknown:
-        raise ParameterError(f"keys not in the model: {unknown[:3]}; use state-dict keys (see rftlib.layers.layer_groups).")
+        raise ParameterError(f"keys not in the model: {unknown[:3]}; use state-dict keys "
+                             "(see rftlib.layers.layer_groups).")
     device = next(model.parameters()).device
     interpolator.set_alpha(alphas[0], keys=keys, hold=hold)  # everything else at `hold`
     targets = {k: (own[k].data if isinstance(own[k], nn.Parameter) else own[k]) for k in keys}
@@ -271,7 +272,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     correct = [0] * len(alphas)
     n = 0
     try:
-        for xb, yb in bar(_as_batches(data, batch_size, device), desc="alpha sweep", disable=not progress, unit="batch"):
+        batches = _as_batches(data, batch_size, device)
+        for xb, yb in bar(batches, desc="alpha sweep", disable=not progress, unit="batch"):
             h = suffix.prefix(xb)
             for j, a in enumerate(alphas):
                 for k in keys:
@@ -293,6 +295,7 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     for j, a in enumerate(alphas):
         loss = loss_sum[j] / n
         if loss != loss or loss in (float("inf"), float("-inf")):
-            raise NumericalError(f"loss at alpha={a} is not finite for keys {keys[:2]}...: the weights or inputs hold NaN/inf.")
+            raise NumericalError(f"loss at alpha={a} is not finite for keys {keys[:2]}...: the weights or inputs "
+                                 "hold NaN/inf.")
         rows.append({"alpha": a, "loss": loss, "accuracy": correct[j] / n, "n": n})
     return rows

@@ -21,18 +21,21 @@ head. Sharpness is measured in eval mode; the weights, ``requires_grad`` flags a
 are restored exactly afterwards, also on errors.
 
 Ascent details (worst-case), with u = δ ⊘ c the coordinates in which the budget is a plain ball:
-step δ += η·c⊙sign(∇) (ℓ∞) or δ += η·c⊙(c⊙∇)/‖c⊙∇‖₂ (ℓ2: steepest ascent in u, which makes the
-step invariant to rescalings that leave the function unchanged); projection: ℓ∞ clip to [−ρc, ρc],
-ℓ2 standard: rescale onto the ball, ℓ2 adaptive: Euclidean projection onto the ellipsoid
-‖δ⊘c‖₂ ≤ ρ (bisection on the Lagrange multiplier, :func:`project_ellipsoid`; ``l2_projection=
-"rescale"`` rescales u onto the ball instead, which keeps the whole ℓ2 procedure rescaling-invariant);
-momentum as in APGD, δ_{k+1} = P(δ_k + 0.75·(z − δ_k) + 0.25·(δ_k − δ_{k−1})) with
-z = P(δ_k + step) (plain z on the first step and after a restart); η starts at 2ρ and is halved at
-the checkpoints of :func:`step_checkpoints` when fewer than 75 % of the steps since the previous
-checkpoint improved the best loss, or when neither η nor the best loss changed since then; on
-halving the ascent restarts from the best δ (with the gradient stored there). The best iterate is
-tracked from the loss of each gradient step's own forward pass (no extra forward per step); the
-batch's value is L_S(w+δ_best) − L_S(w), both evaluated without gradients.
+- step: δ += η·c⊙sign(∇) (ℓ∞) or δ += η·c⊙(c⊙∇)/‖c⊙∇‖₂ (ℓ2: steepest ascent in u, which
+  makes the step invariant to rescalings that leave the function unchanged);
+- projection P: ℓ∞ clips to [−ρc, ρc]; ℓ2 standard rescales onto the ball; ℓ2 adaptive takes the
+  Euclidean projection onto the ellipsoid ‖δ⊘c‖₂ ≤ ρ (bisection on the Lagrange multiplier,
+  :func:`project_ellipsoid`), or with ``l2_projection="rescale"`` rescales u onto the ball, which
+  keeps the whole ℓ2 procedure rescaling-invariant (the Euclidean projection in δ is not);
+- momentum as in APGD: δ_{k+1} = P(δ_k + 0.75·(z − δ_k) + 0.25·(δ_k − δ_{k−1})), z = P(δ_k + step)
+  (plain z on the first step and after a restart);
+- step size: η starts at 2ρ and is halved at the checkpoints of :func:`step_checkpoints` when fewer
+  than 75 % of the steps since the previous checkpoint improved the best loss, or when neither η nor
+  the best loss changed since then; on halving the ascent restarts from the best δ (with the
+  gradient stored there);
+- the best iterate is tracked from the loss of each gradient step's own forward pass (no extra
+  forward per step; δ tensors are kept, never a model copy); the batch's value is
+  L_S(w+δ_best) − L_S(w), both evaluated without gradients.
 
 Example:
     >>> import torch

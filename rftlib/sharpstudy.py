@@ -74,7 +74,9 @@ def attach_accuracy(sharp: pd.DataFrame, curves: pd.DataFrame, world: World) -> 
     ood = c[c["split"].isin(list(world.ood_splits))].groupby(["run", "alpha"], as_index=False)["accuracy"].mean()
     idc = c[c["split"] == "id"][["run", "alpha", "accuracy"]]
     acc = ood.rename(columns={"accuracy": "ood_acc"}).merge(idc.rename(columns={"accuracy": "id_acc"}), on=["run", "alpha"])
-    out = sharp.merge(acc, on=["run", "alpha"], how="left")
+    # α is read back from CSV (6 significant digits): join on a rounded key
+    acc["_a"] = acc["alpha"].round(6)
+    out = sharp.assign(_a=sharp["alpha"].round(6)).merge(acc.drop(columns="alpha"), on=["run", "_a"], how="left").drop(columns="_a")
     missing = out[out["ood_acc"].isna()][["run", "alpha"]].drop_duplicates()
     if len(missing):
         raise ParameterError(f"no interpolation results for (run, alpha) {missing.values.tolist()[:3]}…; the sharpness "

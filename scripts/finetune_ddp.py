@@ -5,7 +5,10 @@ Miniature world (same files as the notebook step ``notebooks/finetune.ipynb``, w
 runs done and reuses them)::
 
     torchrun --nproc_per_node=2 scripts/finetune_ddp.py --world fashion \\
-        --grid notebooks/params/grids/default.yaml --run lr3e-4
+        --grid notebooks/params/grids/default.yaml --runs lr3e-4
+
+(``--runs``, like the notebook's parameter ``runs``; not ``--run``: torchrun's own parser reads
+``--run`` as an abbreviation of its ``--run-path`` and stops with "ambiguous option".)
 
 Paper scale (ImageNet or CIFAR-10 from ``rftlib.paperdata``, OpenAI's ViT-B/32 weights from a local
 file; see book/paper-scale.md)::
@@ -213,12 +216,13 @@ def run_recipe(job: Job, recipe: Recipe, info: D.DistInfo, args: argparse.Namesp
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See book/paper-scale.md for the paper-scale commands.")
+                                epilog="See book/paper-scale.md for the paper-scale commands.", allow_abbrev=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", help="miniature world (worlds/<name>/world.yaml, or a path to a world.yaml)")
     src.add_argument("--setting", choices=SETTINGS, help="paper scale: ImageNet or CIFAR-10 (rftlib.paperdata)")
     p.add_argument("--grid", required=True, help="grid file of recipes (notebooks/params/grids/*.yaml)")
-    p.add_argument("--run", action="append", default=[], help="run name to fine-tune (repeatable; default: all)")
+    p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
+                   help="run names to fine-tune (default: every run of the grid)")
     p.add_argument("--runs-root", default="runs", help="folder of fine-tuned weights (default: runs)")
     p.add_argument("--force", action="store_true", help="re-run runs that already have weights")
     p.add_argument("--model", default="ViT-B-32-quickgelu", help="paper scale: open_clip architecture")
@@ -231,6 +235,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 forwards on CUDA too")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (torch.set_num_threads)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--run" or a.startswith("--run=") for a in argv):
+        p.error("use --runs NAME [NAME ...] (torchrun's parser takes --run for its own --run-path option)")
     return p.parse_args(argv)
 
 
@@ -240,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     info = D.init_from_env(device=args.device)
     try:
-        recipes = load_grid(args.grid, args.run or None)
+        recipes = load_grid(args.grid, args.runs or None)
         job = world_job(args.world) if args.world else paper_job(args, info.device)
         for r in recipes:
             status = run_recipe(job, r, info, args)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import sys
 import time
@@ -223,6 +222,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rho", type=float, default=5e-4, help="ℓ∞ adaptive radius (smallest of the reference grid)")
     p.add_argument("--max-blocks", type=int, default=None, help="measure at most this many blocks")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile phase")
+    p.add_argument("--phases", default=None,
+                   help="comma-separated subset of the phases to run (default: all), e.g. finetune_throughput")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -298,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def phase_compiled() -> dict[str, Any]:
         if device.type != "cuda" or not args.compile:
             return {"skipped": "torch.compile is used on CUDA only" if args.compile else "--no-compile"}
+        if guard.left() < 150:  # compilation itself cannot be interrupted by the guard
+            return {"skipped": f"only {guard.left():.0f} s left; compilation may take minutes"}
         m2 = maybe_compile(copy.deepcopy(model), enabled=True)
         r = throughput(m2, device, args.batch_size, args.n_classes, args.warmup, args.steps, guard, "compiled")
         r["note"] = "first_step_s includes compilation"
@@ -323,6 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("finetune_throughput_compiled", phase_compiled),
         ("sharpness_bf16_check", phase_bf16_check),
     ]
+    if args.phases:
+        wanted = [w.strip() for w in args.phases.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {n for n, _ in phases})
+        if unknown:
+            raise SystemExit(f"--phases: unknown {unknown}; phases: {[n for n, _ in phases]}")
+        phases = [(n, f) for n, f in phases if n in wanted]
+        res["settings"]["phases"] = wanted
     stopped = None
     for name, fn in phases:
         if guard.left() <= 0:

@@ -388,7 +388,7 @@ def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "scripts" / "finetune_ddp.py"), "--world", str(world_yaml), "--grid", str(grid),
-           "--run", "t1", "--runs-root", str(runs), "--threads", "1"]
+           "--runs", "t1", "--runs-root", str(runs), "--threads", "1"]
     p = subprocess.run(cmd, cwd=ROOT, env=_script_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "tinydigits/t1: done" in p.stdout

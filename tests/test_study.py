@@ -11,7 +11,7 @@ from rftlib.study import load_grid
 
 
 def test_default_grid_has_lr_by_augmentation():
-    g = load_grid("notebooks/params/grids/default.yaml")
+    g = load_grid("notebooks/params/grids/fashion.yaml")
     assert len(g) >= 6
     assert {r.augment for r in g} >= {"none", "strong"} and len({r.lr for r in g}) >= 3
 
