@@ -48,12 +48,16 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raise :class:`CheckpointError` unless the file's SHA-256 equals ``expected``."""
+def verify_sha256(path: str | os.PathLike, expected: str, where: str | None = None) -> None:
+    """Raise :class:`CheckpointError` unless the file's SHA-256 equals ``expected``.
+
+    ``where`` (e.g. ``"world 'digits'"``) is added to the message after the two hashes.
+    """
     got = sha256(path)
     if got != expected:
         raise CheckpointError(
-            f"checksum mismatch for {Path(path).name}: expected sha256 {expected}, got {got}. "
+            f"checksum mismatch for {Path(path).name}: expected sha256 {expected}, got {got}"
+            + (f" ({where})" if where else "") + ". "
             "The file is corrupt or was replaced; restore it with `git checkout -- <file>` "
             "or re-create it (see the book's reproduce page)."
         )

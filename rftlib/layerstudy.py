@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .claims import Claim, upsert_claims, verdict_from_interval
 from .errors import ParameterError
@@ -176,6 +177,8 @@ def sharpness_data(world: World, n: int) -> tuple:
     x, y = id_training_data(world)
     if n > len(x):
         raise ParameterError(f"n_examples={n} exceeds the {len(x)} training images of world {world.name!r}.")
+    if not isinstance(x, torch.Tensor):  # lazily decoded images (a paper setting): decode the n used
+        return x[torch.arange(n)], y[:n]
     return x[:n], y[:n]
 
 

@@ -18,7 +18,7 @@ from .io import atomic_write_text
 from .manifest import repo_root
 
 GENERATED = "book/_generated"
-WORLDS = ("fashion", "digits")
+WORLDS = ("fashion", "digits", "digits-clean")
 
 
 def _root() -> Path:
@@ -49,7 +49,7 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
     d = df.copy()
     for c in d.columns:
         if pd.api.types.is_float_dtype(d[c]):
-            d[c] = d[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}f}")
+            d[c] = d[c].map(lambda v: "" if pd.isna(v) else (f"{v:.{digits}g}" if 0 < abs(v) < 0.01 else f"{v:.{digits}f}"))
     head = "| " + " | ".join(map(str, d.columns)) + " |\n|" + "---|" * len(d.columns) + "\n"
     return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in d.itertuples(index=False))
 
@@ -85,7 +85,7 @@ def p1_fragment(claims: pd.DataFrame | None) -> str:
     for w in WORLDS:
         step = f"{w}-interpolate"
         s = _read(step, "summary")
-        parts.append(f"### World `{w}`\n\n")
+        parts.append(f"## World `{w}`\n\n")
         if s is None:
             parts.append(f"*Not yet run: step `{step}`.*\n\n")
             continue
@@ -113,7 +113,7 @@ def sharpness_fragment(claims: pd.DataFrame | None, which: str) -> str:
     parts = []
     for w in WORLDS:
         step = f"{w}-sharpness"
-        parts.append(f"### World `{w}`\n\n")
+        parts.append(f"## World `{w}`\n\n")
         corr = _read(step, "correlations")
         if corr is None:
             parts.append(f"*Not yet run: step `{step}`.*\n\n")
@@ -139,7 +139,7 @@ def sharpness_fragment(claims: pd.DataFrame | None, which: str) -> str:
 def f4_fragment(claims: pd.DataFrame | None) -> str:
     parts = []
     for w in WORLDS:
-        parts.append(f"### World `{w}`\n\n")
+        parts.append(f"## World `{w}`\n\n")
         st = _read(f"{w}-stragglers", "stragglers")
         if st is not None:
             lst = "; ".join(f"`{r}`: {', '.join(g['layer'])}" for r, g in st.groupby("run", sort=False))

@@ -223,7 +223,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     With one layer moving and every other layer held at one endpoint, the stages before that layer
     compute the same thing for every α: they run once per batch, then only the suffix runs per α.
     The numbers equal ``interpolator.set_alpha(alpha, keys, hold)`` followed by
-    :func:`rftlib.evaluation.evaluate_split`. The model is left at the last α.
+    :func:`rftlib.evaluation.evaluate_split` (a split with an ``eval_class_subset`` is scored on
+    those classes, as there). The model is left at the last α.
 
     Args:
         model: the model the interpolator writes into.
@@ -266,6 +267,9 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     interpolator.set_alpha(alphas[0], keys=keys, hold=hold)  # everything else at `hold`
     targets = {k: (own[k].data if isinstance(own[k], nn.Parameter) else own[k]) for k in keys}
     suffix = SuffixModel(model, stage_of_keys(model, keys))
+    from .evaluation import class_subset_projection
+
+    subset = class_subset_projection(model, data)
     was_training = model.training
     model.eval()
     loss_sum = [0.0] * len(alphas)
@@ -275,6 +279,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
         batches = _as_batches(data, batch_size, device)
         for xb, yb in bar(batches, desc="alpha sweep", disable=not progress, unit="batch"):
             h = suffix.prefix(xb)
+            if subset is not None:
+                yb = subset.map_labels(yb)
             for j, a in enumerate(alphas):
                 for k in keys:
                     zs, ft = interpolator.theta_zs[k], interpolator.theta_ft[k]
@@ -283,6 +289,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
                     else:
                         targets[k].copy_(ft if a >= 0.5 else zs)
                 logits = suffix(h).float()
+                if subset is not None:
+                    logits = subset.project(logits)
                 loss_sum[j] += F.cross_entropy(logits, yb, reduction="sum").item()
                 correct[j] += (logits.argmax(dim=1) == yb).sum().item()
             n += len(yb)

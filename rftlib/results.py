@@ -29,14 +29,17 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
-from .errors import ParameterError, RftError
+from .errors import NumericalError, ParameterError, RftError
 from .io import atomic_path, atomic_write_csv
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,14 +150,65 @@ def write_table(step: str | os.PathLike, name: str, df: pd.DataFrame, root: str 
 
     Raises:
         ParameterError: bad ``step``/``name``, not a DataFrame, or duplicated column names.
+        NumericalError: a measurement (:data:`FINITE_COLUMNS`) is NaN, infinite or missing; the
+            message names the table, the column and the first offending row. Nothing is written.
+
+    Example:
+        >>> import tempfile
+        >>> write_table("curves", "bad", pd.DataFrame({"alpha": [0.0, 1.0], "loss": [0.3, float("nan")]}),
+        ...             root=tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.NumericalError: table 'bad' (step 'curves'): column 'loss' is nan in row 1 (alpha=1.0), 1 row(s) in all; no NaN/inf may reach a results table: find where it was computed.
     """
     if not isinstance(df, pd.DataFrame):
         raise ParameterError(f"df must be a pandas DataFrame; got {type(df).__name__}.")
     if df.columns.duplicated().any():
         raise ParameterError(f"df has duplicated column names {list(df.columns[df.columns.duplicated()])}.")
     path = _table_path(step, name, root)
-    atomic_write_csv(path, order_columns(df.reset_index(drop=True)), float_format=float_format)
+    table = order_columns(df.reset_index(drop=True))
+    _check_finite(table, name, step)
+    atomic_write_csv(path, table, float_format=float_format)
     return path
+
+
+#: Measurement columns that must be finite in every table (a cheap backstop: a NaN is a bug upstream).
+#: ``value`` may be NaN in a table of statistics (with a ``statistic`` column, like ``claims.csv``),
+#: where it marks a statistic that cannot be computed (e.g. a claim part untestable with too few runs).
+FINITE_COLUMNS = ("accuracy", "loss", "value")
+
+
+def _nonfinite_mask(col: pd.Series) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(col):
+        return np.zeros(len(col), dtype=bool)
+    if pd.api.types.is_numeric_dtype(col):
+        return ~np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+
+    def bad(v: object) -> bool:
+        if v is None or v is pd.NA or v is pd.NaT:
+            return True
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(float(v))
+
+    return np.fromiter((bad(v) for v in col), dtype=bool, count=len(col))
+
+
+def _plain(v: object) -> object:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_finite(table: pd.DataFrame, name: str, step: str | os.PathLike) -> None:
+    for c in FINITE_COLUMNS:
+        if c not in table.columns or (c == "value" and "statistic" in table.columns):
+            continue
+        mask = _nonfinite_mask(table[c])
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            ident = ", ".join(f"{k}={_plain(table[k].iloc[i])!r}" for k in SHARED_COLUMNS
+                              if k in table.columns and k not in FINITE_COLUMNS)
+            raise NumericalError(
+                f"table {name!r} (step {step_name(step)!r}): column {c!r} is {table[c].iloc[i]} in row {i}"
+                + (f" ({ident})" if ident else "") + f", {int(mask.sum())} row(s) in all; no NaN/inf may reach "
+                "a results table: find where it was computed.")
 
 
 def list_tables(step: str | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT) -> list[str]:

@@ -20,6 +20,15 @@ sources changed since.
 restored as it was and the executed notebook with the error is saved beside it as
 ``<notebook name>.failed.ipynb``; :class:`NotebookExecutionError` names the failing cell.
 
+**Killed runs.** The backup is copied under a temporary name (``.<out>.backup.partial``), its
+completion marker ``.<out>.backup.complete`` is written, and only then is it renamed to
+``.<out>.backup``; it is renamed away before it is deleted. So a backup with its marker is always
+complete. The next run, *before* its cache check, restores such a backup (the results folder of a
+killed run may mix its tables with the earlier run's manifest), discards a backup without a marker
+(it may be partial: it never replaces the results folder, and that run ignores the cache), and
+deletes the temporary files of killed atomic writes (``.<name>.<random>.tmp``, see
+:func:`rftlib.io.atomic_path`) from the results folder.
+
 **Output folder parameter.** A notebook that declares a parameter ``out_dir`` is given the results
 folder (repository-relative) unless the caller sets it.
 
@@ -35,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -239,9 +249,29 @@ def _source_index(executed: Path, exec_index: int | None) -> int | None:
     return sum(1 for c in cells[:exec_index] if not extra & set(c.get("metadata", {}).get("tags", [])))
 
 
+#: Tags of the cells papermill adds to an executed notebook, and the fixed cell id each gets.
+PAPERMILL_CELL_IDS = {"injected-parameters": "injected-parameters", "papermill-error-cell-tag": "papermill-error-cell"}
+
+
+def _fixed_cell_ids(cells: Sequence[Any]) -> None:
+    """Give the cells papermill added (which carry random nbformat ids) fixed, unique ids; the
+    notebook's own cells keep theirs."""
+    added = [(c, tag) for c in cells for tag in PAPERMILL_CELL_IDS if tag in c.get("metadata", {}).get("tags", [])]
+    taken = {c.get("id") for c in cells} - {c.get("id") for c, _ in added}
+    for c, tag in added:
+        base, i = PAPERMILL_CELL_IDS[tag], 1
+        new = base
+        while new in taken:
+            i += 1
+            new = f"{base}-{i}"
+        taken.add(new)
+        c["id"] = new
+
+
 def _normalise_executed(path: Path, source: str, executed: str) -> None:
     """Make an executed notebook host-independent and byte-stable across equal runs: record
-    repository-relative paths and drop papermill's and nbclient's timestamps and durations."""
+    repository-relative paths, drop papermill's and nbclient's timestamps and durations, and give
+    the cells papermill added (injected parameters, error cells) fixed ids instead of random ones."""
     import nbformat
 
     from .io import atomic_write_text
@@ -258,15 +288,95 @@ def _normalise_executed(path: Path, source: str, executed: str) -> None:
         if isinstance(pm_meta, dict):
             for k in ("start_time", "end_time", "duration"):
                 pm_meta.pop(k, None)
+    if (nb.nbformat, nb.nbformat_minor) >= (4, 5):  # cell ids exist from nbformat 4.5 on
+        _fixed_cell_ids(nb.cells)
     atomic_write_text(path, nbformat.writes(nb))
 
 
+#: Temporary files of :func:`rftlib.io.atomic_path` (``.<name>.<random>.tmp``), left by killed writes.
+ATOMIC_TMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
+
+
+def _sibling(out_dir: Path, suffix: str) -> Path:
+    """The runner's bookkeeping paths beside a results folder: ``.<out>.<suffix>``."""
+    return out_dir.parent / f".{out_dir.name}.{suffix}"
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a folder: first renamed away (so a kill never leaves a half-deleted folder under its
+    name), then removed."""
+    if not path.exists() and not path.is_symlink():
+        return
+    trash = path if path.name.endswith(".trash") else path.with_name(path.name + ".trash")
+    if trash != path:
+        _remove_tree(trash)
+        os.replace(path, trash)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash)
+    else:
+        trash.unlink()
+
+
+def _make_backup(out_dir: Path) -> Path | None:
+    """Back up ``out_dir`` as ``.<out>.backup`` (with its completion marker); ``None`` if there is
+    nothing to back up. The copy goes to a temporary name and is renamed when complete."""
+    if not out_dir.exists():
+        return None
+    backup, partial, marker = (_sibling(out_dir, s) for s in ("backup", "backup.partial", "backup.complete"))
+    _remove_tree(partial)
+    shutil.copytree(out_dir, partial, symlinks=True)
+    from .io import atomic_write_text
+
+    atomic_write_text(marker, f"{backup.name} is a complete backup of {out_dir.name}\n")
+    os.replace(partial, backup)
+    return backup
+
+
+def _drop_backup(out_dir: Path) -> None:
+    """Delete the backup after a successful run: renamed away first, the marker last."""
+    _remove_tree(_sibling(out_dir, "backup"))
+    _sibling(out_dir, "backup.complete").unlink(missing_ok=True)
+
+
 def _restore(out_dir: Path, backup: Path | None) -> None:
+    """Put the (complete) backup back in place of ``out_dir``."""
     if backup is None or not backup.exists():
         return
+    aside = _sibling(out_dir, "replaced")
+    _remove_tree(aside)
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        os.replace(out_dir, aside)
     os.replace(backup, out_dir)
+    _sibling(out_dir, "backup.complete").unlink(missing_ok=True)
+    _remove_tree(aside)
+
+
+def _recover(out_dir: Path) -> bool:
+    """Clean up after an earlier run that was killed; returns ``False`` when the results folder
+    cannot be trusted (the cache is then ignored).
+
+    A complete backup (with its marker) is restored: it holds the last good results, which the
+    killed run may have begun to overwrite. A backup without a marker may be partial (killed while
+    it was copied, or made by an older rftlib): it is discarded, never restored, and the results
+    folder, which that run may have changed, does not count as cached. Leftover temporary folders
+    and the temporary files of killed atomic writes are deleted.
+    """
+    trusted = True
+    backup, marker = _sibling(out_dir, "backup"), _sibling(out_dir, "backup.complete")
+    for suffix in ("backup.partial", "replaced", "backup.trash", "backup.partial.trash", "replaced.trash"):
+        _remove_tree(_sibling(out_dir, suffix))
+    if backup.exists():
+        if marker.is_file():
+            _restore(out_dir, backup)
+        else:
+            _remove_tree(backup)
+            trusted = False
+    marker.unlink(missing_ok=True)
+    if out_dir.is_dir():
+        for p in sorted(out_dir.rglob(".*.tmp")):
+            if ATOMIC_TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+    return trusted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,25 +454,25 @@ def run_notebook(
         kernel=kernel_name, executed_notebook=portable_path(executed, root),
     )
 
-    # 3. cache
+    # 3. an earlier run killed mid-way: restore its backup *before* the cache check, so results it
+    #    had begun to overwrite are never served as cached; drop temporary files of killed writes
+    trusted = _recover(out)
+    if not trusted:
+        say(f"{step}: an interrupted earlier run left a backup that may be partial; discarded it, rerunning")
+
+    # 4. cache
     previous = read_manifest(out)
-    if not force and executed.is_file() and manifests_match(previous, manifest, keys=CACHE_KEYS):
+    if not force and trusted and executed.is_file() and manifests_match(previous, manifest, keys=CACHE_KEYS):
         assert previous is not None
         changed = previous.get("rftlib_source_sha256") != rftlib_source_hash()
         secs = float(previous.get("steps", {}).get("execute", previous.get("wall_seconds") or 0.0))
         say(f"{step}: cached ({_show(out, root)})" + ("; rftlib changed since, --force reruns" if changed else ""))
         return RunResult(step, executed, out, previous, True, secs, changed)
 
-    # 4. execute: back up the folder, run into a temporary notebook, restore on failure
+    # 5. execute: back up the folder, run into a temporary notebook, restore on failure
     ensure_kernel(kernel_name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    backup: Path | None = out.parent / f".{out.name}.backup"
-    if backup.exists():  # an earlier run was killed mid-way: its backup holds the last good outputs
-        _restore(out, backup)
-    if out.exists():
-        shutil.copytree(out, backup, symlinks=True)
-    else:
-        backup = None
+    backup = _make_backup(out)
     running = out.parent / f".{out.name}.{src.stem}.running.ipynb"
     failed = out / f"{src.stem}.failed.ipynb"
     say(f"{step}: running {portable_path(src, root)}")
@@ -416,7 +526,7 @@ def run_notebook(
     finally:
         pm_log.setLevel(level)
 
-    # 5. success: publish the notebook and the manifest, drop the backup
+    # 6. success: publish the notebook and the manifest, drop the backup
     out.mkdir(parents=True, exist_ok=True)
     _normalise_executed(running, portable_path(src, root), portable_path(executed, root))
     os.replace(running, executed)
@@ -434,8 +544,7 @@ def run_notebook(
             elif k not in manifest:
                 manifest[k] = v
     write_manifest(out, manifest.finish())
-    if backup is not None and backup.exists():
-        shutil.rmtree(backup)
+    _drop_backup(out)
     secs = time.perf_counter() - t0
     say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
     return RunResult(step, executed, out, dict(manifest), False, secs)

@@ -491,7 +491,9 @@ def sharpness(
     Raises:
         ParameterError: a bad parameter or an empty data set.
         NothingToPerturbError: (a ``ParameterError``) no parameter of the group gets a gradient.
-        NumericalError: the loss became NaN or infinite (the message names the layer).
+        NumericalError: the loss became NaN or infinite (the message names the layer measured; when
+            the loss at w is not finite because a weight of the model is NaN or infinite, it names
+            that weight's key and layer).
     """
     rho = _check_rho(rho)
     _check_choice("kind", kind, KINDS)
@@ -569,6 +571,8 @@ def sharpness(
             h = suffix.prefix(xb)
             with torch.no_grad():
                 loss0, err0 = (float(t) for t in _loss_err(suffix(h), yb, logit_norm))
+            if not math.isfinite(loss0):
+                _check_weights(model, layer)  # a NaN/inf weight: name it
             _finite(loss0, layer, settings, f"at w (batch {b})")
             if rho == 0.0:
                 gap, egap, dn, rn = 0.0, 0.0, 0.0, 0.0
@@ -600,6 +604,53 @@ def sharpness(
         value=0.0 if rho == 0.0 else wmean(per_batch), per_batch=per_batch, err_gap=wmean(errs),
         delta_norm=wmean(dnorms), rel_norm=wmean(rnorms), loss_at_w=wmean(losses0), n_examples=n,
         settings=settings, seconds=time.perf_counter() - t_start,
+    )
+
+
+def _nonfinite_weight(model: nn.Module) -> tuple[str, int, float] | None:
+    """The first floating-point parameter or buffer of ``model`` holding NaN/inf: ``(key, count,
+    first bad value)``; ``None`` when all are finite."""
+    with torch.no_grad():
+        for key, t in model.state_dict(keep_vars=True).items():
+            t = t.detach()
+            if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t.sum())):
+                continue  # a finite sum: no NaN/inf (an infinite sum of finite values is checked below)
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                return key, int(bad.sum()), float(t[bad].flatten()[0].real)
+    return None
+
+
+def _layer_of(model: nn.Module, key: str, layers: Mapping[str, Sequence[str] | str] | None = None) -> str | None:
+    """The layer holding ``key``: in ``layers`` if given, else at block granularity."""
+    for name, keys in (layers or {}).items():
+        if key == keys or (not isinstance(keys, str) and key in keys):
+            return name
+    try:
+        groups = layer_groups(model, "block")
+    except Exception:  # noqa: BLE001 - only for the message
+        return None
+    return next((name for name, keys in groups.items() if key in keys), None)
+
+
+def _check_weights(model: nn.Module, layer: str | None = None,
+                   layers: Mapping[str, Sequence[str] | str] | None = None) -> None:
+    """Raise :class:`NumericalError` naming the key (and its layer) of a NaN/inf weight.
+
+    ``layer``: the layer about to be measured (named in the message); ``None`` names the layer that
+    holds the bad weight instead (looked up in ``layers``, else at block granularity).
+    """
+    found = _nonfinite_weight(model)
+    if found is None:
+        return
+    key, count, value = found
+    owner = _layer_of(model, key, layers)
+    measured = layer if layer is not None else (owner or key)
+    held = f"the weight {key!r}" + (f" of layer {owner!r}" if owner and owner != measured else "")
+    raise NumericalError(
+        f"sharpness of layer {measured!r}: the loss at w is not computed because {held} holds {count} "
+        f"non-finite value(s) (the first is {value}). Fix the weights first (e.g. the endpoints, with "
+        "rftlib.validation.check_endpoints)."
     )
 
 
@@ -786,6 +837,7 @@ def layerwise_sharpness(model: nn.Module, data: Any, layers: Mapping[str, Sequen
     if not layers:
         raise ParameterError("layers is empty: give layer name → state-dict keys (see rftlib.layers.layer_groups).")
     _check_rho(kwargs.get("rho"))
+    _check_weights(model, layers=layers)  # a NaN weight anywhere would fail the first layer measured: name where it is
     todo: list[tuple[str, Sequence[str] | str]] = list(layers.items())
     if include_all:
         todo.append(("all", "all"))

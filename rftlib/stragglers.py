@@ -168,23 +168,31 @@ def random_direction(theta_zs: Mapping[str, torch.Tensor], theta_ft: Mapping[str
 @torch.no_grad()
 def _run_path(model: nn.Module, interp: Interpolator, moving: Sequence[str], hold: str,
               alphas: Sequence[float], splits: Mapping[str, Split], batch_size: int,
-              device: torch.device | str, shared_prefix: bool) -> dict[tuple[float, str], dict]:
+              device: torch.device | str, shared_prefix: bool, layer: str = "?") -> dict[tuple[float, str], dict]:
     """``{(alpha, split): {"accuracy", "loss", "n"}}`` for one path, α-major.
 
     ``shared_prefix``: :func:`rftlib.prefix.layer_alpha_sweep` (the input of the first stage owning a
     moving key is computed once per batch, only the suffix runs per α). Otherwise the naive route:
     :meth:`Interpolator.set_alpha` and a full :func:`~rftlib.evaluation.evaluate_split` per α.
+    A non-finite loss raises :class:`NumericalError` naming ``layer``, the hold, α and the split.
     """
     out: dict[tuple[float, str], dict] = {}
     if shared_prefix:
         for s, split in splits.items():
-            for r in layer_alpha_sweep(model, interp, split, moving, alphas, hold, batch_size, progress=False):
+            try:
+                swept = layer_alpha_sweep(model, interp, split, moving, alphas, hold, batch_size, progress=False)
+            except NumericalError as e:  # its message names the alpha
+                raise NumericalError(f"single-layer path layer={layer!r}, hold={hold!r}, split={s!r}: {e}") from e
+            for r in swept:
                 out[(r["alpha"], s)] = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]}
     else:
         for a in alphas:
             interp.set_alpha(a, keys=moving, hold=hold)
             for s, split in splits.items():
-                out[(a, s)] = evaluate_split(model, split, batch_size, device)
+                try:
+                    out[(a, s)] = evaluate_split(model, split, batch_size, device, name=s)
+                except NumericalError as e:  # its message names the split
+                    raise NumericalError(f"single-layer path layer={layer!r}, hold={hold!r}, alpha={a}: {e}") from e
     return {(a, s): out[(a, s)] for a in alphas for s in splits}
 
 
@@ -268,7 +276,7 @@ def single_layer_paths(
     try:
         if include_full:
             full_alphas = sorted(set(alphas) | {0.0, 1.0})
-            res = _run_path(model, interp, interp.keys, "ft", full_alphas, splits, batch_size, device, False)
+            res = _run_path(model, interp, interp.keys, "ft", full_alphas, splits, batch_size, device, False, FULL)
             emit(res, FULL, "full", "none", "task")
         for h, i, name in bar(jobs, desc="single-layer paths", disable=not progress, unit="path"):
             keys = groups[name]
@@ -279,7 +287,7 @@ def single_layer_paths(
                 for k, v in d.items():
                     interp.theta_ft[k] = interp.theta_zs[k] + v
             try:
-                res = _run_path(model, interp, keys, h, alphas, splits, batch_size, device, shared_prefix)
+                res = _run_path(model, interp, keys, h, alphas, splits, batch_size, device, shared_prefix, name)
             finally:
                 interp.theta_ft.update(saved)
             emit(res, name, group_label, h, direction)

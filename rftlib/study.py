@@ -9,7 +9,7 @@ one resumes from its last saved epoch.
 Example:
     >>> grid = load_grid("notebooks/params/grids/quick.yaml")
     >>> [r.name for r in grid], grid[0].n_train
-    (['lr3e-4', 'lr1e-3-aug'], 5120)
+    (['lr1e-4', 'lr1e-3', 'lr1e-3-aug'], 5120)
 """
 
 from __future__ import annotations
@@ -38,12 +38,47 @@ def _path(p: str | Path) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line describing a YAML syntax error: the problem and where it is.
+
+    Example:
+        >>> try:
+        ...     yaml.safe_load("a: [1, 2")
+        ... except yaml.YAMLError as e:
+        ...     print(yaml_problem(e))
+        expected ',' or ']', but got '<stream end>' at line 1, column 9 (while parsing a flow sequence at line 1, column 4)
+    """
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        text = e.problem
+        if e.problem_mark is not None:
+            text += f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
+        if e.context:
+            text += f" ({e.context}"
+            if e.context_mark is not None:
+                text += f" at line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
+            text += ")"
+        return " ".join(text.split())
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def load_grid(path: str | Path, only: Sequence[str] | None = None) -> list[Recipe]:
-    """Recipes of a grid file (``defaults`` + ``runs``), optionally only the named runs."""
+    """Recipes of a grid file (``defaults`` + ``runs``), optionally only the named runs.
+
+    Raises:
+        ParameterError: the file is missing, is not valid YAML (the message names the file and the
+            YAML problem; the ``yaml.YAMLError`` is its ``__cause__``), or holds a bad recipe.
+    """
     p = _path(path)
     if not p.is_file():
         raise ParameterError(f"grid file {path} does not exist; grids live in notebooks/params/grids/.")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"grid file {path} is not valid YAML: {yaml_problem(e)}; fix its syntax.") from e
+    if not isinstance(cfg, dict):
+        raise ParameterError(f"grid file {path} must hold a mapping with a non-empty list `runs:`, "
+                             f"not a {type(cfg).__name__}.")
     if not isinstance(cfg.get("runs"), list) or not cfg["runs"]:
         raise ParameterError(f"grid file {path} must hold a non-empty list `runs:`.")
     recipes = [Recipe.from_dict(r, **(cfg.get("defaults") or {})) for r in cfg["runs"]]
@@ -63,7 +98,10 @@ def run_folder(runs_root: str | Path, world: str, run: str) -> Path:
 
 
 def id_training_data(world: World) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ID fine-tuning set: the world's training images drawn in its ID style (clean)."""
+    """The ID fine-tuning set: the world's training images drawn in its ID style (clean); a world with
+    its own ``id_training_data()`` (a paper setting, :mod:`rftlib.paperscale`) provides it."""
+    if hasattr(world, "id_training_data"):
+        return world.id_training_data()
     from .shifts import render_split
 
     x, y = world.train_data()

@@ -1,14 +1,15 @@
 """Prompt templates, class names and WordNet ids of the paper-scale data sets (package data).
 
-The lists live in ``rftlib/templates/*.txt``, one entry per line (lines starting with ``#`` are
-provenance notes). Where each comes from:
+ImageNet's prompts and names come from open_clip (``open_clip.zero_shot_metadata``), which ships
+OpenAI's lists; the rest live in ``rftlib/templates/*.txt``, one entry per line (lines starting with
+``#`` are provenance notes). Where each comes from:
 
 - ``imagenet`` templates (80) and class names (1000): OpenAI's CLIP prompt-engineering notebook
   (``openai/CLIP``, ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``), i.e. OpenAI's *cleaned*
-  names ("crane bird" / "construction crane", "metal nail", ...), as shipped in ``open_clip``; the
-  80 templates were checked line by line against the notebook, the names at many anchors. Two names
-  repeat exactly as in OpenAI's list (``missile``, ``sunglasses``).
-- ``imagenet-simple`` templates (7): the subset OpenAI's forward selection picked (same notebook).
+  names ("crane bird" / "construction crane", "metal nail", ...), taken from ``open_clip``. Two
+  names repeat exactly as in OpenAI's list (``missile``, ``sunglasses``).
+- ``imagenet-simple`` templates (7): the subset OpenAI's forward selection picked (open_clip's
+  ``SIMPLE_IMAGENET_TEMPLATES``).
 - ``cifar10`` class names (10) and templates (18): ``openai/CLIP``, ``data/prompts.md``.
 - WordNet ids: ImageNet-1k's 1000 in index order (sorted), and the 200-class subsets of ImageNet-R
   and ImageNet-A, whose ImageNet indices equal WiSE-FT's ``CLASS_SUBLIST`` lists.
@@ -42,11 +43,11 @@ from .errors import ParameterError
 DATA_DIR = Path(__file__).parent / "templates"
 
 _TEMPLATE_FILES = {
-    "imagenet": "imagenet_templates.txt",
-    "imagenet-simple": "imagenet_simple_templates.txt",
+    "imagenet": "open_clip:OPENAI_IMAGENET_TEMPLATES",
+    "imagenet-simple": "open_clip:SIMPLE_IMAGENET_TEMPLATES",
     "cifar10": "cifar10_templates.txt",
 }
-_CLASSNAME_FILES = {"imagenet": "imagenet_classnames.txt", "cifar10": "cifar10_classnames.txt"}
+_CLASSNAME_FILES = {"imagenet": "open_clip:IMAGENET_CLASSNAMES", "cifar10": "cifar10_classnames.txt"}
 _WNID_FILES = {
     "imagenet": "imagenet_wnids.txt",
     "imagenet-r": "imagenet_r_wnids.txt",
@@ -65,12 +66,20 @@ SUBSETS = ("imagenet-r", "imagenet-a")
 
 @lru_cache(maxsize=None)
 def read_list(filename: str) -> tuple[str, ...]:
-    """Entries of ``rftlib/templates/<filename>``: one per line, ``#`` lines skipped.
+    """Entries of ``rftlib/templates/<filename>`` (one per line, ``#`` lines skipped), or of an
+    open_clip list named ``open_clip:NAME`` (its template callables become ``{}`` patterns).
 
     Example:
         >>> read_list("cifar10_classnames.txt")[:3]
         ('airplane', 'automobile', 'bird')
+        >>> read_list("open_clip:SIMPLE_IMAGENET_TEMPLATES")[0]
+        'itap of a {}.'
     """
+    if filename.startswith("open_clip:"):
+        import open_clip.zero_shot_metadata as meta
+
+        items = getattr(meta, filename.split(":", 1)[1])
+        return tuple(t("{}") if callable(t) else str(t) for t in items)
     path = DATA_DIR / filename
     if not path.is_file():
         raise ParameterError(f"filename={filename!r}: no such list in {DATA_DIR}; have {sorted(p.name for p in DATA_DIR.glob('*.txt'))}.")

@@ -196,10 +196,14 @@ def _world(p: _Problems, params: Mapping[str, Any]) -> Any:
     else:
         target = v
     try:
-        return load_world(target)
+        world = load_world(target)
     except Exception as e:  # noqa: BLE001 - any failure to read the world file is a parameter problem
         p.add("world", v, f"cannot be loaded ({type(e).__name__}: {e})", "a valid world.yaml (see worlds/*/world.yaml)")
         return None
+    if getattr(world, "kind", None) == "paper":  # a paper setting: its weights and data must be there
+        for problem in world.problems():  # each names the setting and the variable to set
+            p.note(problem.rstrip("."))
+    return world
 
 
 def _grid_files() -> list[str]:
@@ -228,7 +232,12 @@ def _grid(p: _Problems, params: Mapping[str, Any]) -> list[Any] | None:
     try:
         return load_grid(v)
     except (ValueError, TypeError, KeyError, AttributeError, OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e.__cause__, yaml.YAMLError):  # load_grid's ParameterError for a syntax error
+            from .study import yaml_problem
+
+            e, first = e.__cause__, yaml_problem(e.__cause__)
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         p.add("grid", v, f"cannot be loaded ({type(e).__name__}: {first})", allowed)
         return None
 
@@ -326,7 +335,11 @@ def check_zeroshot(params: Mapping[str, Any]) -> None:
     _nonempty_str(p, params, "out_dir", "a results folder")
     if w is not None:
         _held_out(p, w, n_eval)
-        if params.get("recreate") is False and not w.checkpoint.is_file():
+        if getattr(w, "kind", None) == "paper":  # weights and data were checked with the world
+            if params.get("recreate") is True:
+                p.add("recreate", True, f"cannot pretrain paper setting {w.name!r}: its CLIP weights are a given file",
+                      "false")
+        elif params.get("recreate") is False and not w.checkpoint.is_file():
             p.add("recreate", False, f"needs the shipped checkpoint of world {w.name!r}, which is missing "
                   f"({w.checkpoint.name} in {w.folder.name}/)",
                   "true (pretrain and write the checkpoint), or restore the file with git")

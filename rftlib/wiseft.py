@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from .errors import NumericalError
 from .evaluation import Split, evaluate
 from .interpolation import Interpolator, check_alpha
 from .progress import bar
@@ -30,13 +31,20 @@ def interpolation_sweep(model: nn.Module, theta_zs: Mapping[str, torch.Tensor], 
     """Tidy rows ``world, run, alpha, split, accuracy, loss, n`` for every α and split.
 
     The model is left at θ_ft on return.
+
+    Raises:
+        NumericalError: a loss is NaN or infinite; the message names the world, run, α and split.
     """
     alphas = [check_alpha(a) for a in alphas]
     interp = Interpolator(model, theta_zs, theta_ft)
     rows = []
     for a in bar(alphas, desc=f"WiSE-FT {world}/{run}", disable=not progress, unit="alpha"):
         interp.set_alpha(a)
-        for r in evaluate(model, splits, batch_size=batch_size, progress=False):
+        try:
+            evaluated = evaluate(model, splits, batch_size=batch_size, progress=False)
+        except NumericalError as e:
+            raise NumericalError(f"WiSE-FT sweep of {world}/{run} at alpha={a}: {e}") from e
+        for r in evaluated:
             rows.append({"world": world, "run": run, "alpha": a, **r})
     interp.set_alpha(1.0)
     return rows

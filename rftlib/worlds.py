@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -139,23 +140,50 @@ class World:
         return out
 
     # ---- checkpoint ----------------------------------------------------------------------
+    def _recreate_hint(self) -> str:
+        return (f"restore it with `git checkout -- worlds/{self.name}/` or re-create it by pretraining "
+                f"(`rft run notebooks/zeroshot.ipynb -p world={self.name} -p recreate=true`)")
+
     def manifest(self) -> dict[str, Any]:
+        """The shipped checkpoint's manifest (``worlds/<name>/manifest.json``).
+
+        Raises:
+            CheckpointError: the manifest is missing, or is not a JSON object (the message names the
+                world, the problem and the fix).
+        """
+        where = f"worlds/{self.name}/manifest.json"
         if not self.manifest_path.is_file():
             raise CheckpointError(
-                f"world {self.name!r} has no shipped checkpoint manifest at worlds/{self.name}/manifest.json; "
-                f"pretrain it with `rft run notebooks/pretrain.ipynb -p world={self.name}`."
+                f"world {self.name!r} has no shipped checkpoint manifest at {where}; "
+                f"pretrain it with `rft run notebooks/zeroshot.ipynb -p world={self.name} -p recreate=true`."
             )
-        return json.loads(self.manifest_path.read_text())
+        try:
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"world {self.name!r}: {where} is corrupt, not valid JSON ({e}); "
+                                  f"{self._recreate_hint()}.") from e
+        if not isinstance(m, dict):
+            raise CheckpointError(f"world {self.name!r}: {where} holds a JSON {type(m).__name__}, not an object; "
+                                  f"{self._recreate_hint()}.")
+        return m
 
     def verify_checkpoint(self) -> str:
-        """Check the shipped checkpoint against its manifest's sha256; returns the hash."""
+        """Check the shipped checkpoint against its manifest's sha256; returns the hash.
+
+        Raises:
+            CheckpointError: the checkpoint or its manifest is missing or corrupt, or the checksum does
+                not match; the message names the world.
+        """
         from .checkpoints import verify_sha256
 
         if not self.checkpoint.is_file():
             raise CheckpointError(f"world {self.name!r}: checkpoint worlds/{self.name}/zeroshot.safetensors is missing; "
-                                  "restore it with git or re-create it by pretraining.")
-        expected = self.manifest()["sha256"]
-        verify_sha256(self.checkpoint, expected)
+                                  f"{self._recreate_hint()}.")
+        expected = self.manifest().get("sha256")
+        if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise CheckpointError(f"world {self.name!r}: worlds/{self.name}/manifest.json has no valid 'sha256' "
+                                  f"(found {expected!r}); {self._recreate_hint()}.")
+        verify_sha256(self.checkpoint, expected, where=f"world {self.name!r}")
         return expected
 
     def load_clip(self, checkpoint: str | Path | None = None, verify: bool = True):
@@ -188,6 +216,10 @@ def load_world(name_or_path: str | Path) -> World:
     if not path.is_file():
         raise ParameterError(f"world file {path} does not exist.")
     cfg = yaml.safe_load(path.read_text())
+    if isinstance(cfg, dict) and cfg.get("kind") == "paper":  # a paper-scale setting: rftlib.paperscale
+        from .paperscale import PaperWorld
+
+        return PaperWorld.from_config(cfg, path)  # type: ignore[return-value]
     required = ["name", "dataset", "model", "classes", "input_mean", "input_std", "id_style", "pretrain_styles",
                 "ood_styles", "unseen_styles", "captions", "split", "pretrain"]
     missing = [k for k in required if k not in cfg]
@@ -210,6 +242,43 @@ def load_world(name_or_path: str | Path) -> World:
     )
 
 
+class WorldsNotVerifiedError(CheckpointError):
+    """One or more worlds failed :func:`verify_checkpoints`; ``verified`` maps the good ones to their
+    sha256, ``failed`` maps the bad ones to their error."""
+
+    def __init__(self, message: str, verified: dict[str, str], failed: dict[str, CheckpointError]) -> None:
+        super().__init__(message)
+        self.verified = verified
+        self.failed = failed
+
+
 def verify_checkpoints(names: list[str] | None = None) -> dict[str, str]:
-    """Verify every shipped world checkpoint against its manifest (``rft verify``); name → sha256."""
-    return {n: load_world(n).verify_checkpoint() for n in (names or available_worlds())}
+    """Verify every shipped world checkpoint against its manifest (``rft verify``); name → sha256.
+
+    Every world is checked, also after a failure.
+
+    Raises:
+        WorldsNotVerifiedError: (a :class:`CheckpointError`) one line naming every world that failed,
+            each with its problem.
+    """
+    if not names:  # paper settings (kind: paper) ship no checkpoint: verified only when named
+        from .paperscale import is_paper_setting
+
+        names = [n for n in available_worlds() if not is_paper_setting(WORLDS_DIR / n / "world.yaml")]
+    names = list(names)
+    verified: dict[str, str] = {}
+    failed: dict[str, CheckpointError] = {}
+    for n in names:
+        try:
+            verified[n] = load_world(n).verify_checkpoint()
+        except CheckpointError as e:
+            failed[n] = e
+    if failed:
+        msgs = [" ".join(str(e).split()) for e in failed.values()]
+        if len(msgs) == 1:
+            message = msgs[0]
+        else:
+            message = (f"{len(failed)} of {len(names)} world checkpoints failed verification "
+                       f"({', '.join(map(repr, failed))}): " + " | ".join(msgs))
+        raise WorldsNotVerifiedError(message, verified, failed)
+    return verified

@@ -10,8 +10,16 @@ runs done and reuses them)::
 (``--runs``, like the notebook's parameter ``runs``; not ``--run``: torchrun's own parser reads
 ``--run`` as an abbreviation of its ``--run-path`` and stops with "ambiguous option".)
 
-Paper scale (ImageNet or CIFAR-10 from ``rftlib.paperdata``, OpenAI's ViT-B/32 weights from a local
-file; see book/paper-scale.md)::
+Paper scale: a paper setting (``worlds/paper-imagenet/world.yaml``, ``kind: paper``,
+:mod:`rftlib.paperscale`) is a world too; its weights and data are named by ``RFT_CLIP_WEIGHTS`` and
+``RFT_DATA_ROOT``, and the runs land where the notebooks of ``rft pipeline paper-imagenet`` look
+(``runs/paper-imagenet/<run>``; see book/paper-scale.md)::
+
+    export RFT_CLIP_WEIGHTS=/weights/ViT-B-32-openai.safetensors RFT_DATA_ROOT=/data
+    torchrun --nproc_per_node=8 scripts/finetune_ddp.py --world paper-imagenet \\
+        --grid notebooks/params/grids/paper-imagenet.yaml
+
+The older form names everything on the command line and writes ``runs/<setting>/<run>``::
 
     torchrun --nproc_per_node=8 scripts/finetune_ddp.py --setting imagenet --data-root /data \\
         --model ViT-B-32-quickgelu --pretrained /weights/vit_b_32_openai.safetensors \\
@@ -30,10 +38,11 @@ Precision: on CUDA the forwards run in bfloat16 autocast and the loss in float32
 The manifest records the precision, the number of ranks and the device.
 
 Paper-scale data: the training images are decoded on the fly by threads of each rank
-(``--decode-threads``), resized (shorter side, bicubic) and centre-cropped to the model's input
-size, in [0, 1]; the classifier normalizes them with OpenAI's mean and std. The training set is put
-in a fixed, seeded order once, so a recipe's ``n_train`` takes a random subset rather than the first
-classes. Decoding is synchronous: on ImageNet it, not the GPU, bounds the speed (see the book page).
+(:class:`rftlib.paperscale.LazyImages`; ``--decode-threads``, or the setting's ``decode_threads``),
+resized (shorter side, bicubic) and centre-cropped to the model's input size, in [0, 1]; the
+classifier normalizes them with OpenAI's mean and std. The training set is put in a fixed, seeded
+order once, so a recipe's ``n_train`` takes a random subset rather than the first classes. Decoding
+is synchronous: on ImageNet it, not the GPU, bounds the speed (see the book page).
 
 Also works without torchrun (one process) for debugging: ``python scripts/finetune_ddp.py ...``.
 """
@@ -45,7 +54,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,50 +71,10 @@ from rftlib.errors import ParameterError  # noqa: E402
 from rftlib.finetune import Recipe, finetune  # noqa: E402
 from rftlib.io import atomic_write_json  # noqa: E402
 from rftlib.manifest import build_manifest  # noqa: E402
+from rftlib.paperscale import LazyImages, image_transform  # noqa: E402,F401 - paper-scale data finetune() indexes
 from rftlib.study import load_grid, run_folder  # noqa: E402
 
 SETTINGS = ("imagenet", "cifar10")
-
-
-# ---------------------------------------------------------------------------------------------
-# paper-scale data: a data set that finetune() can index like a tensor
-
-
-class LazyImages:
-    """A map-style data set seen as an ``N×3×H×W`` tensor by :func:`rftlib.finetune.finetune`.
-
-    Supports what ``finetune`` does with its images: ``len(x)``, ``x[:n]`` (a view) and ``x[idx]``
-    with a tensor of indices (decodes those images with a thread pool and stacks them).
-    """
-
-    def __init__(self, dataset: Any, order: Sequence[int], threads: int = 8) -> None:
-        self.dataset = dataset
-        self.order = list(order)
-        self.threads = max(1, int(threads))
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, idx: Any) -> Any:
-        if isinstance(idx, slice):
-            return LazyImages(self.dataset, self.order[idx], self.threads)
-        if isinstance(idx, torch.Tensor):
-            idx = idx.tolist()
-        if isinstance(idx, int):
-            return self.dataset[self.order[idx]][0]
-        positions = [self.order[i] for i in idx]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads)
-        images = list(self._pool.map(lambda j: self.dataset[j][0], positions))
-        return torch.stack(images) if images else torch.empty(0)
-
-
-def image_transform(size: int) -> Callable:
-    """Shorter side to ``size`` (bicubic), centre crop ``size``, to a float tensor in [0, 1]."""
-    from torchvision import transforms as T
-
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,14 +91,20 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def world_job(world_name: str) -> Job:
+def world_job(world_name: str, device: torch.device | None = None) -> Job:
+    """A miniature world, or a paper setting (``kind: paper``; θ_zs is then built on ``device``)."""
     from rftlib.study import id_training_data
     from rftlib.worlds import load_world
 
     world = load_world(world_name)
+    params: dict[str, Any] = {}
+    if getattr(world, "kind", None) == "paper":
+        if device is not None:
+            world.device = str(device)
+        params = {"model": world.model, "pretrained": world.checkpoint.name, "image_size": world.image_size}
     parent = world.verify_checkpoint()
     x, y = id_training_data(world)
-    return Job(world.name, parent, lambda: world.zeroshot_classifier(verify=False), x, y)
+    return Job(world.name, parent, lambda: world.zeroshot_classifier(verify=False), x, y, params)
 
 
 def paper_job(args: argparse.Namespace, device: torch.device) -> Job:
@@ -218,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See book/paper-scale.md for the paper-scale commands.", allow_abbrev=False)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--world", help="miniature world (worlds/<name>/world.yaml, or a path to a world.yaml)")
+    src.add_argument("--world", help="miniature world or paper setting (worlds/<name>/world.yaml, or a path to a world.yaml)")
     src.add_argument("--setting", choices=SETTINGS, help="paper scale: ImageNet or CIFAR-10 (rftlib.paperdata)")
     p.add_argument("--grid", required=True, help="grid file of recipes (notebooks/params/grids/*.yaml)")
     p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
@@ -248,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = D.init_from_env(device=args.device)
     try:
         recipes = load_grid(args.grid, args.runs or None)
-        job = world_job(args.world) if args.world else paper_job(args, info.device)
+        job = world_job(args.world, info.device) if args.world else paper_job(args, info.device)
         for r in recipes:
             status = run_recipe(job, r, info, args)
             if info.is_main:

@@ -118,7 +118,7 @@ def no_kernel(monkeypatch):
 FT = "notebooks/params/grids/"
 BAD_INPUTS = [
     # zeroshot
-    ("zeroshot", {"world": "mars"}, r"world='mars' is unknown; allowed: 'digits', 'fashion' or the path of a world\.yaml"),
+    ("zeroshot", {"world": "mars"}, r"world='mars' is unknown; allowed: 'digits', .*'fashion'.* or the path of a world\.yaml"),
     ("zeroshot", {"world": "fashon"}, r"world='fashon' is unknown \(did you mean 'fashion'\?\)"),
     ("zeroshot", {"world": "worlds/nowhere/world.yaml"}, r"world='worlds/nowhere/world\.yaml' names a world file that does not exist"),
     ("zeroshot", {"world": ""}, r"world='' is not a world name; allowed: 'digits'"),
@@ -235,6 +235,15 @@ def test_sharpness_alphas_follow_the_interpolation_manifest(tmp_path):
     check_sharpness({"n_alpha": 5, "interpolate_dir": str(d)})  # 0.25 steps lie on a 0.05 grid
     with pytest.raises(ParameterError, match=r"n_alpha=7 .*allowed: 2, 3, 5, 6, 11, 21"):
         check_sharpness({"n_alpha": 7, "interpolate_dir": str(d)})
+
+
+def test_grid_with_a_yaml_syntax_error_is_a_parameter_error():
+    from rftlib.study import load_grid
+
+    with pytest.raises(ParameterError, match=r"grid file .*grid_not_yaml\.yaml is not valid YAML: expected ',' or '\}'"
+                                             r".* at line 3, column 5") as err:
+        load_grid(FIXTURES / "grid_not_yaml.yaml")
+    assert "\n" not in str(err.value)
 
 
 def test_runner_rejects_before_starting_a_kernel(wired, tmp_path, no_kernel):
@@ -437,10 +446,6 @@ def test_killed_runs_leave_no_partial_results(staged_reference, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in rftlib/runner.py run_notebook: the cache check (step 3) runs before a killed run's backup is "
-    "restored (step 4), so tables the killed run had already rewritten are served as cached results of "
-    "the earlier parameters; restore the backup before the cache check"))
 def test_rerun_after_a_killed_run_with_other_parameters_is_not_a_cache_hit(staged_reference, tmp_path):
     ref = staged_reference["out"]
     out = tmp_path / "staged"
@@ -459,10 +464,6 @@ def test_rerun_after_a_killed_run_with_other_parameters_is_not_a_cache_hit(stage
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in rftlib/runner.py run_notebook: temporary files of writes killed mid-way ('.<name>.*.tmp', "
-    "from rftlib.io.atomic_path) are never removed from the results folder; delete out_dir/.*.tmp before "
-    "executing"))
 def test_next_run_removes_temporary_files_of_a_killed_write(tmp_path):
     out = tmp_path / "staged"
     out.mkdir()
@@ -474,11 +475,6 @@ def test_next_run_removes_temporary_files_of_a_killed_write(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in rftlib/runner.py run_notebook: the backup is made with shutil.copytree straight into "
-    "'.<out>.backup'; a run killed during that copy leaves a partial backup, which the next run restores "
-    "over complete results. Move the folder to the backup atomically (os.replace) and copy it back, or "
-    "copy into a temporary name and rename it when complete"))
 def test_a_partial_backup_never_replaces_complete_results(staged_reference, tmp_path):
     ref = staged_reference["out"]
     out = tmp_path / "staged"
@@ -492,6 +488,24 @@ def test_a_partial_backup_never_replaces_complete_results(staged_reference, tmp_
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr
     assert _results(out) == _results(ref)
+
+
+def test_atomic_writes_are_readable_by_others_whatever_wrote_them(tmp_path):
+    """safetensors' save_file replaces the temporary file with one of its own mode: the result is 0644."""
+    from rftlib.io import atomic_path, atomic_write_text
+
+    old = os.umask(0o077)
+    try:
+        save_state_dict(tmp_path / "w.safetensors", {"w": torch.zeros(3)})
+        atomic_write_text(tmp_path / "t.txt", "x")
+        with atomic_path(tmp_path / "r.bin") as tmp:
+            tmp.unlink()
+            tmp.write_bytes(b"replaced")  # a writer that makes its own file (mode from the umask)
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "t.txt", "r.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.slow
@@ -633,10 +647,6 @@ def test_rft_verify_refuses_a_corrupted_world_checkpoint(fake_world, capsys):
     assert rc == 1 and len(err) == 1 and "world 'digits' has no shipped checkpoint manifest" in err[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in rftlib/worlds.py World.verify_checkpoint: the checksum error names only the file "
-    "(zeroshot.safetensors), not the world, and `rft verify` stops at the first bad world; wrap it as "
-    "CheckpointError(f\"world {self.name!r}: {e}\")"))
 def test_rft_verify_names_the_broken_world(fake_world, capsys):
     raw = bytearray((fake_world / "zeroshot.safetensors").read_bytes())
     raw[-7] ^= 0x10
@@ -645,9 +655,6 @@ def test_rft_verify_names_the_broken_world(fake_world, capsys):
     assert rc == 1 and "digits" in err[0]
 
 
-@pytest.mark.xfail(strict=True, raises=json.JSONDecodeError, reason=(
-    "bug in rftlib/worlds.py World.manifest: json.loads of a corrupt manifest.json raises "
-    "JSONDecodeError, which `rft` does not catch (a traceback, not one line); raise CheckpointError"))
 def test_rft_verify_reports_a_corrupt_world_manifest_in_one_line(fake_world, capsys):
     (fake_world / "manifest.json").write_text('{"sha256": "ab')
     rc, err, _ = _verify(capsys)
@@ -745,11 +752,6 @@ def test_straggler_paths_with_a_nan_weight_raise(tiny_classifier):
                            progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unclear message: rftlib/evaluation.py evaluate_split raises 'evaluation loss is not finite' without "
-    "the split, and its callers (rftlib/wiseft.py interpolation_sweep, rftlib/stragglers.py single-layer "
-    "paths via rftlib/prefix.py) do not add the run, alpha or layer; name the split in evaluate() and "
-    "re-raise with the alpha/layer in the sweeps"))
 def test_nan_errors_name_the_split_alpha_and_layer(tiny_classifier):
     from rftlib.evaluation import evaluate
     from rftlib.stragglers import single_layer_paths
@@ -775,16 +777,39 @@ def test_layerwise_sharpness_with_a_nan_weight_raises(tiny_classifier):
         layerwise_sharpness(tiny_classifier, _data(8), rho=0.05, n_iters=2, m=8, progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unclear message in rftlib/sharpness.py (_finite via sharpness()): with a NaN weight in block1, "
-    "layer-wise sharpness fails on the first layer measured ('embed'), naming it; check the model's "
-    "weights for NaN/inf before measuring and name the key that holds them"))
 def test_layerwise_sharpness_names_the_layer_holding_the_nan(tiny_classifier):
     from rftlib.sharpness import layerwise_sharpness
 
     _poison(tiny_classifier)
     with pytest.raises(NumericalError, match=r"block1|resblocks\.1"):
         layerwise_sharpness(tiny_classifier, _data(8), rho=0.05, n_iters=2, m=8, progress=False)
+
+
+@pytest.mark.parametrize("column,bad", [("accuracy", float("nan")), ("loss", float("inf")), ("value", float("nan")),
+                                        ("loss", None)])
+def test_write_table_refuses_non_finite_measurements(tmp_path, column, bad):
+    from rftlib import results
+
+    df = pd.DataFrame({"world": "w", "run": ["a", "b", "c"], "alpha": [0.0, 0.5, 1.0], column: [0.1, 0.2, 0.3]})
+    df[column] = df[column].astype(object)
+    df.loc[1, column] = bad
+    df.loc[2, column] = bad
+    with pytest.raises(NumericalError, match=rf"table 'curves' \(step 'interp'\): column '{column}' is \S+ in row 1 "
+                                             r"\(world='w', run='b', alpha=0\.5\), 2 row\(s\) in all"):
+        results.write_table(tmp_path / "interp", "curves", df)
+    assert not (tmp_path / "interp").exists()
+
+
+def test_write_table_lets_a_statistics_table_mark_an_untestable_value(tmp_path):
+    """Claim-part tables (with a ``statistic`` column, like claims.csv) may hold value=NaN for a
+    statistic that cannot be computed; measurements (accuracy, loss) may not."""
+    from rftlib import results
+
+    parts = pd.DataFrame({"part": ["a", "b"], "statistic": ["share", "untestable with 2 runs (needs 3)"],
+                          "value": [0.5, float("nan")], "verdict": ["supported", "mixed"]})
+    assert results.write_table(tmp_path / "interp", "p1_parts", parts).is_file()
+    with pytest.raises(NumericalError, match=r"column 'accuracy'"):
+        results.write_table(tmp_path / "interp", "bad_parts", parts.assign(accuracy=[0.1, float("nan")]))
 
 
 # =============================================================================================
@@ -842,10 +867,6 @@ def test_same_parameters_give_byte_identical_results_files(staged_reference, sta
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in rftlib/runner.py _normalise_executed: papermill gives the injected-parameters cell a random "
-    "nbformat cell id, so equal runs give different executed notebooks; set a fixed id for that cell "
-    "(e.g. 'injected-parameters')"))
 def test_same_parameters_give_byte_identical_executed_notebooks(staged_reference, staged_again):
     ref, r = staged_reference["out"], staged_again
     texts = [p.read_text().replace(str(d), "<out>") for p, d in ((r.notebook, r.out_dir), (ref / "staged.ipynb", ref))]
