@@ -33,8 +33,8 @@ def _read(step: str, name: str) -> pd.DataFrame | None:
 def _fig(step: str, name: str, caption: str) -> str:
     p = _root() / step / f"{name}.png"
     if not p.is_file():
-        return f"*(figure `{step}/{name}.png` not produced yet: run step `{step}`)*\n"
-    return f"```{{figure}} /book/results/{step}/{name}.png\n:width: 100%\n\n{caption}\n```\n"
+        return f"*(figure `{step}/{name}.png` not produced yet: run step `{step}`)*\n\n"
+    return f"```{{figure}} /book/results/{step}/{name}.png\n:width: 100%\n\n{caption}\n```\n\n"
 
 
 def _pct(x: float) -> str:
@@ -63,6 +63,8 @@ def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
     r = r.iloc[0]
     ci = "" if pd.isna(r["ci_low"]) else f", 95 % interval [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
     p = "" if pd.isna(r["p_value"]) else f", p = {_num(r['p_value'])}"
+    if "untestable" in str(r["statistic"]):
+        return f"**{r['verdict']}** — {r['statistic']}"
     return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}"
 
 
@@ -146,9 +148,13 @@ def f4_fragment(claims: pd.DataFrame | None) -> str:
             parts.append(f"Straggler layers (top {int(st['rank'].max())} by {st['by'].iloc[0]}): {lst}.\n\n")
         parts.append(_fig(f"{w}-stragglers", "layer_barriers", f"World `{w}`: barrier and OOD drop of each single-layer path."))
         parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w)}.\n\n")
+        if (_root() / f"{w}-sparsity" / "manifest.json").is_file() and _read(f"{w}-sparsity", "summary") is None:
+            parts.append("No run of this world is in the failure mode, so the sparsity step had nothing to rescue.\n\n")
+            continue
         fp = _read(f"{w}-sparsity", "f4_parts")
         if fp is not None and "run" in fp:
-            parts.append(_table(fp) + "\n")
+            parts.append("Per failure-mode run and sparsity level p: OOD gain over the unmodified θ_zs with the "
+                         "stragglers or the control layers sparsified, and whether the run is rescued:\n\n" + _table(fp) + "\n")
         parts.append(_fig(f"{w}-sparsity", "ood_vs_alpha", f"World `{w}`: mean OOD accuracy along α before (black) and "
                           "after zeroing a fraction p of the straggler layers' weights or of a matched control set."))
         sh = _read(f"{w}-sparsity", "sharpness")
