@@ -190,7 +190,8 @@ def worlds_fragment() -> str:
     if cols:
         t = pd.DataFrame(cols).fillna("—").reset_index().rename(columns={"index": ""})
         parts.append("The shipped checkpoints, read from `worlds/<name>/manifest.json` (accuracy on held-out "
-                     "images; times measured while pretraining on this project's 2-core machine):\n\n" + _table(t) + "\n")
+                     "images; times measured while pretraining on this project's 2-core machine, which other jobs were sharing "
+                     "at the time, so read them as upper bounds):\n\n" + _table(t) + "\n")
     parts += notes
     for w in WORLDS:
         parts.append(_fig(f"{w}-zeroshot", "pretrain_history", f"World `{w}`: contrastive loss and zero-shot accuracy during pretraining."))
@@ -211,6 +212,17 @@ def intro_fragment(claims: pd.DataFrame | None) -> str:
     return "".join(out)
 
 
+def _budget_sentence(t: pd.DataFrame, budget_min: float = 15.0) -> str:
+    """Whether the two main worlds fit the project's 15-minute goal, and which steps cost most."""
+    main = t[t["step"].str.startswith(("fashion-", "digits-")) & ~t["step"].str.startswith("digits-clean-")]
+    minutes = main["seconds"].sum() / 60
+    kind = main.assign(kind=main["step"].str.split("-").str[-1]).groupby("kind")["seconds"].sum().sort_values(ascending=False)
+    top = ", ".join(f"{k} ({v / 60:.1f} min)" for k, v in kind.head(3).items())
+    verdict = "within" if minutes <= budget_min else "over"
+    return (f"The two main worlds took {minutes:.1f} minutes, {verdict} the project's goal of {budget_min:.0f} minutes "
+            f"on a 2-core CPU; the costliest steps were {top}.")
+
+
 def reproduce_fragment() -> str:
     """Measured cost of each pipeline step, of pretraining, and the prefix-caching benchmark."""
     import json
@@ -221,8 +233,10 @@ def reproduce_fragment() -> str:
         t = t.copy()
         t["minutes"] = (t["seconds"] / 60).round(2)
         total = t["seconds"].sum() / 60
-        parts.append("Wall time of each step of the last full pipeline run on this project's machine (2 CPU cores; "
-                     f"`book/results/pipeline/timings.csv`); {total:.1f} minutes in all, plus the book build:\n\n"
+        parts.append("Wall time of each step of the last full pipeline run on this project's machine (2 CPU cores, "
+                     "shared with other jobs during part of the run, so read the times as upper bounds; "
+                     f"`book/results/pipeline/timings.csv`); {total:.1f} minutes in all, plus the book build. "
+                     + _budget_sentence(t) + "\n\n"
                      + _table(t[["step", "minutes"]], 2) + "\n")
     else:
         parts.append("*No pipeline timings yet (`book/results/pipeline/timings.csv`).*\n\n")
