@@ -27,6 +27,7 @@ import yaml
 from rftlib import distributed as D
 from rftlib.errors import CheckpointError, DataNotFoundError, ParameterError
 from rftlib.io import atomic_write_csv
+from toydata import toy_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["a", "b", "c"]
@@ -56,13 +57,6 @@ def tiny_classifier():
     return build_classifier(clip, tok, CLASSES, TEMPLATES, (0.4,) * 3, (0.3,) * 3)
 
 
-def toy_task(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.rand(n, 3, 28, 28, generator=g) * 0.3
-    for c in range(3):  # a class-dependent bright square
-        x[y == c, :, 4 + 7 * c:10 + 7 * c, 4:24] += 0.6
-    return x.clamp(0, 1), y
 
 
 RECIPE = dict(name="ddp", lr=2e-3, epochs=2, batch_size=32, warmup_steps=2, augment="strong", seed=3)

@@ -10,15 +10,9 @@ from rftlib.errors import ParameterError
 from rftlib.evaluation import evaluate
 from rftlib.finetune import Recipe, finetune
 from rftlib.wiseft import interpolation_sweep
+from toydata import toy_task
 
 
-def toy_task(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.rand(n, 3, 28, 28, generator=g) * 0.3
-    for c in range(3):  # a class-dependent bright square
-        x[y == c, :, 4 + 7 * c:10 + 7 * c, 4:24] += 0.6
-    return x.clamp(0, 1), y
 
 
 def test_a_few_steps_lower_the_loss(tiny_classifier):
