@@ -15,7 +15,7 @@ import pandas as pd
 from .claims import Claim, combine_verdicts, upsert_claims, verdict_from_interval
 from .curves import loss_barrier, ood_mean, summarize_runs
 from .finetune import Recipe
-from .stats import correlate
+from .stats import bootstrap_mean_ci, correlate
 from .worlds import World
 
 
@@ -79,7 +79,7 @@ def claim_p1(summary: pd.DataFrame, world: str, n_boot: int = 1000, seed: int = 
     aug_cols = [c for c in pairs.columns if c != "none"]
     if "none" in pairs and aug_cols:
         diffs = (pairs["none"] - pairs[aug_cols].mean(axis=1)).dropna().to_numpy()
-        lo, hi = _bootstrap_mean(diffs, n_boot, seed)
+        lo, hi = bootstrap_mean_ci(diffs, n_boot, seed)
         parts.append({"part": "no augmentation gives lower OOD error", "statistic": "mean paired Δ best OOD acc (no aug − aug)",
                       "value": float(diffs.mean()), "ci_low": lo, "ci_high": hi, "p_value": np.nan,
                       "verdict": _safe_verdict(lo, hi, None, "positive")})
@@ -103,14 +103,6 @@ def claim_p1(summary: pd.DataFrame, world: str, n_boot: int = 1000, seed: int = 
     if write:
         upsert_claims(claim)
     return claim, table
-
-
-def _bootstrap_mean(x: np.ndarray, n_boot: int, seed: int, ci: float = 0.95) -> tuple[float, float]:
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(x, size=(n_boot, len(x)), replace=True).mean(axis=1)
-    return float(np.quantile(means, (1 - ci) / 2)), float(np.quantile(means, (1 + ci) / 2))
 
 
 def _safe_verdict(lo: float, hi: float, p: float | None, expect: str) -> str:

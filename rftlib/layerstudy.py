@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -18,6 +17,7 @@ from .claims import Claim, upsert_claims, verdict_from_interval
 from .errors import ParameterError
 from .interpolation import alpha_grid
 from .sparsity import control_layers, failure_summary, sparsity_sweep
+from .stats import bootstrap_mean_ci
 from .stragglers import layer_barriers, rank_layers, ranking_agreement, single_layer_paths
 from .study import load_theta_ft
 from .worlds import World
@@ -154,9 +154,7 @@ def claim_f4(summary: pd.DataFrame, world: str, intervention: str = "mask_both",
                       float("nan"), float("nan"), float("nan"), "mixed")
     else:
         diff = (table["gain_stragglers"] - table["gain_control"]).to_numpy()
-        rng = np.random.default_rng(seed)
-        boots = rng.choice(diff, size=(n_boot, len(diff)), replace=True).mean(axis=1)
-        lo, hi = float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+        lo, hi = bootstrap_mean_ci(diff, n_boot, seed)
         n_rescued = int(table["rescued_stragglers"].sum())
         v = verdict_from_interval(lo, hi, None, expect="positive")
         if n_rescued == 0:

@@ -480,3 +480,19 @@ def combine_within_runs(per_run: pd.DataFrame, coefficient: Literal["kendall", "
         extra = {c: sub[c].iloc[0] for c in ("x", "y") if c in sub.columns and sub[c].nunique() == 1}
         rows.append({**g, **extra, "coefficient": coefficient, **res})
     return pd.DataFrame(rows)
+
+
+def bootstrap_mean_ci(x: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``x`` (NaN, NaN for an empty ``x``).
+
+    Example:
+        >>> bootstrap_mean_ci([0.5, 0.5, 0.5], n_boot=100)
+        (0.5, 0.5)
+    """
+    a = np.asarray(x, dtype=np.float64).ravel()
+    if a.size == 0:
+        return float("nan"), float("nan")
+    _check_boot(n_boot, ci)
+    rng = np.random.default_rng(seed)
+    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    return _percentile(means, ci)
