@@ -494,5 +494,5 @@ def bootstrap_mean_ci(x: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.9
         return float("nan"), float("nan")
     _check_boot(n_boot, ci)
     rng = np.random.default_rng(seed)
-    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    means = rng.choice(a, size=(n_boot, a.size), replace=True).mean(axis=1)
     return _percentile(means, ci)
