@@ -290,7 +290,24 @@ def _normalise_executed(path: Path, source: str, executed: str) -> None:
                 pm_meta.pop(k, None)
     if (nb.nbformat, nb.nbformat_minor) >= (4, 5):  # cell ids exist from nbformat 4.5 on
         _fixed_cell_ids(nb.cells)
-    atomic_write_text(path, nbformat.writes(nb))
+    atomic_write_text(path, strip_machine_paths(nbformat.writes(nb)))
+
+
+def strip_machine_paths(text: str) -> str:
+    """Replace this machine's paths in notebook outputs by portable ones: the repository root by
+    nothing (paths become repository-relative), the Python environment by ``<env>``.
+
+    Example:
+        >>> import sys
+        >>> strip_machine_paths(str(repo_root() / "book" / "x.png")), strip_machine_paths(sys.prefix + "/lib")
+        ('book/x.png', '<env>/lib')
+    """
+    import sys
+
+    root = str(repo_root())
+    for prefix, repl in ((sys.prefix, "<env>"), (root + "/", ""), (root, ".")):
+        text = text.replace(prefix, repl)
+    return text
 
 
 #: Temporary files of :func:`rftlib.io.atomic_path` (``.<name>.<random>.tmp``), left by killed writes.
