@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ParameterError
+from .stats import _as_vector
 
 __all__ = [
     "ID_SPLIT",
@@ -45,19 +46,6 @@ ID_SPLIT = "id"
 OOD_MEAN = "ood_mean"
 _MEASURES = ("alpha", "split", "accuracy", "loss", "value")
 _ATOL = 1e-9
-
-
-def _vector(v: Any, name: str) -> np.ndarray:
-    try:
-        a = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a 1-D sequence of numbers; got {type(v).__name__}.") from None
-    if a.ndim != 1:
-        raise ParameterError(f"{name} must be 1-D; got shape {a.shape}.")
-    if not np.isfinite(a).all():
-        i = int(np.flatnonzero(~np.isfinite(a))[0])
-        raise ParameterError(f"{name} has a non-finite value at position {i} ({float(a[i])!r}); all must be finite.")
-    return a
 
 
 def _endpoints(alphas: np.ndarray, name: str = "alphas") -> tuple[int, int, np.ndarray]:
@@ -95,7 +83,7 @@ def loss_barrier(alphas: Sequence[float], losses: Sequence[float],
         >>> loss_barrier([0, 0.5, 1], [2.0, 1.5, 1.0], reference="linear")
         0.0
     """
-    a, L = _vector(alphas, "alphas"), _vector(losses, "losses")
+    a, L = _as_vector(alphas, "alphas"), _as_vector(losses, "losses")
     if a.size != L.size:
         raise ParameterError(f"alphas and losses differ in length ({a.size} vs {L.size}); give one loss per alpha.")
     zs, ft, _ = _endpoints(a)
@@ -115,7 +103,7 @@ def is_failure_mode(alphas: Sequence[float], ood_acc: Sequence[float], tol: floa
         >>> is_failure_mode([0, 0.5, 1], [0.6, 0.7, 0.4])
         False
     """
-    a, acc = _vector(alphas, "alphas"), _vector(ood_acc, "ood_acc")
+    a, acc = _as_vector(alphas, "alphas"), _as_vector(ood_acc, "ood_acc")
     if a.size != acc.size:
         raise ParameterError(f"alphas and ood_acc differ in length ({a.size} vs {acc.size}).")
     zs, _, interior = _endpoints(a)
@@ -131,7 +119,7 @@ def is_successful(alphas: Sequence[float], ood_acc: Sequence[float], tol: float 
         >>> is_successful([0, 0.5, 1], [0.6, 0.7, 0.65]), is_successful([0, 0.5, 1], [0.6, 0.7, 0.8])
         (True, False)
     """
-    a, acc = _vector(alphas, "alphas"), _vector(ood_acc, "ood_acc")
+    a, acc = _as_vector(alphas, "alphas"), _as_vector(ood_acc, "ood_acc")
     if a.size != acc.size:
         raise ParameterError(f"alphas and ood_acc differ in length ({a.size} vs {acc.size}).")
     zs, ft, interior = _endpoints(a)

@@ -88,7 +88,7 @@ def _as_vector(v: Any, name: str) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise ParameterError(
             f"{name} has {int(bad.sum())} non-finite value(s) (first at position {i}: {float(a[i])!r}); "
-            "correlations need finite numbers. Drop or fix those rows first."
+            "all values must be finite. Drop or fix those rows first."
         )
     return a
 
@@ -225,7 +225,7 @@ def correlate(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.9
         >>> correlate([1, 2, 3], [1, float("nan"), 2])
         Traceback (most recent call last):
         ...
-        rftlib.errors.ParameterError: y has 1 non-finite value(s) (first at position 1: nan); correlations need finite numbers. Drop or fix those rows first.
+        rftlib.errors.ParameterError: y has 1 non-finite value(s) (first at position 1: nan); all values must be finite. Drop or fix those rows first.
     """
     x, y = check_pairs(x, y)
     _check_boot(n_boot, ci)
