@@ -34,20 +34,20 @@ setup_python() {
 }
 
 setup_data() {
-  "$VENV/bin/python" -m rftlib.data >/dev/null 2>&1 && return
+  "$VENV/bin/python" -m rftlib.worlds.data >/dev/null 2>&1 && return
   say "Fashion-MNIST is missing: fetching it"
   if command -v apt-get >/dev/null && as_root apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; then
     echo "installed Debian's dataset-fashion-mnist"
-  elif "$VENV/bin/python" -m rftlib.data --download; then
+  elif "$VENV/bin/python" -m rftlib.worlds.data --download; then
     echo "downloaded with torchvision into ./data"
   else
-    "$VENV/bin/python" -m rftlib.data || true
+    "$VENV/bin/python" -m rftlib.worlds.data || true
     die "no way to get Fashion-MNIST here (see the message above)"
   fi
 }
 
 setup_mathjax() {
-  "$VENV/bin/python" -m rftlib.mathjax ensure
+  "$VENV/bin/python" -m rftlib.book.mathjax ensure
 }
 
 setup_chromium() {

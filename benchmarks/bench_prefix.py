@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rftlib.io import atomic_write_json  # noqa: E402
-from rftlib.layers import layer_groups  # noqa: E402
-from rftlib.models import build_classifier, count_parameters, create_clip  # noqa: E402
-from rftlib.sharpness import normalize_logits, project_linf, sharpness, step_checkpoints  # noqa: E402
+from rftlib.files.io import atomic_write_json  # noqa: E402
+from rftlib.core.layers import layer_groups  # noqa: E402
+from rftlib.models.factory import build_classifier, count_parameters, create_clip  # noqa: E402
+from rftlib.core.sharpness import normalize_logits, project_linf, sharpness, step_checkpoints  # noqa: E402
 
 # name → (open_clip architecture, image size, batch size (full, quick), n_iters (full, quick), repeats)
 MODELS = {
@@ -77,7 +77,7 @@ def reference_style_sharpness(model: torch.nn.Module, x: torch.Tensor, y: torch.
     Per ascent step: the full forward pass with a graph for every parameter, the gradients of *all*
     parameters (``torch.autograd.grad`` over ``model.parameters()``; only the layer's are used),
     the step δ += η·c⊙sign(∇) with c = |w|, the projection onto [−ρc, ρc] and APGD momentum and
-    step-size halving (as in :mod:`rftlib.sharpness`), then an extra no-grad forward pass at the new
+    step-size halving (as in :mod:`rftlib.core.sharpness`), then an extra no-grad forward pass at the new
     iterate to track the best one. Weights and ``requires_grad`` flags are restored afterwards.
     """
     params = list(model.parameters())

@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ParameterError, RftError
-from .mathjax import MATHJAX_DIR, MATHJAX_VERSION
+from rftlib.errors import ParameterError, RftError
+from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -50,8 +50,8 @@ def _echo(msg: str) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .params import apply_overrides, load_param_file, resolve_path
-    from .runner import default_out_dir, run_notebook
+    from rftlib.book.params import apply_overrides, load_param_file, resolve_path
+    from rftlib.book.runner import default_out_dir, run_notebook
 
     nb = resolve_path(a.notebook, kind="notebook")
     params: dict = {}
@@ -74,8 +74,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
-    from .params import load_param_file
-    from .pipeline import run_pipeline, select_steps
+    from rftlib.book.params import load_param_file
+    from rftlib.book.pipeline import run_pipeline, select_steps
 
     pf = load_param_file(a.paramfile)
     if a.list:
@@ -88,7 +88,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 
 
 def cmd_params(a: argparse.Namespace) -> int:
-    from .params import format_parameters
+    from rftlib.book.params import format_parameters
 
     print(format_parameters(a.notebook))
     return EXIT_OK
@@ -99,8 +99,8 @@ def cmd_params(a: argparse.Namespace) -> int:
 
 
 def fetch_mathjax(force: bool = False) -> Path:
-    """Put MathJax into ``book/_static/mathjax`` if missing (see :mod:`rftlib.mathjax`)."""
-    from .mathjax import ensure
+    """Put MathJax into ``book/_static/mathjax`` if missing (see :mod:`rftlib.book.mathjax`)."""
+    from rftlib.book.mathjax import ensure
 
     return ensure(force=force)
 
@@ -122,12 +122,12 @@ def book_command(strict: bool = True, builder: str = "html", path_output: str | 
 
 
 def cmd_book(a: argparse.Namespace) -> int:
-    from .manifest import repo_root
+    from rftlib.files.manifest import repo_root
 
     root = repo_root()
     if a.builder == "html":
         fetch_mathjax()
-    from .pages import render_pages
+    from rftlib.book.pages import render_pages
 
     render_pages()
     cmd = book_command(a.strict, a.builder, a.path_output)
@@ -140,9 +140,9 @@ def cmd_book(a: argparse.Namespace) -> int:
 
 def cmd_verify(a: argparse.Namespace) -> int:
     try:
-        from .worlds import verify_checkpoints  # type: ignore[attr-defined]
+        from rftlib.worlds.world import verify_checkpoints  # type: ignore[attr-defined]
     except ImportError:
-        _echo("rft: checksum verification is not available (rftlib.worlds.verify_checkpoints is missing)")
+        _echo("rft: checksum verification is not available (rftlib.worlds.world.verify_checkpoints is missing)")
         return EXIT_FAILED
     try:
         verified = verify_checkpoints()

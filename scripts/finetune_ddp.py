@@ -11,7 +11,7 @@ runs done and reuses them)::
 ``--run`` as an abbreviation of its ``--run-path`` and stops with "ambiguous option".)
 
 Paper scale: a paper setting (``worlds/paper-imagenet/world.yaml``, ``kind: paper``,
-:mod:`rftlib.paperscale`) is a world too; its weights and data are named by ``RFT_CLIP_WEIGHTS`` and
+:mod:`rftlib.worlds.paper`) is a world too; its weights and data are named by ``RFT_CLIP_WEIGHTS`` and
 ``RFT_DATA_ROOT``, and the runs land where the notebooks of ``rft pipeline paper-imagenet`` look
 (``runs/paper-imagenet/<run>``; see book/paper-scale.md)::
 
@@ -26,19 +26,19 @@ The older form names everything on the command line and writes ``runs/<setting>/
         --grid notebooks/params/grids/paper-imagenet.yaml
 
 What it does, per run of the grid: every rank builds θ_zs (same seed, same weights), and
-:func:`rftlib.finetune.finetune` trains it under ``DistributedDataParallel`` (each rank takes its
+:func:`rftlib.models.finetune.finetune` trains it under ``DistributedDataParallel`` (each rank takes its
 slice of every global batch, so the result equals one process with the same global batch and seed).
 Rank 0 writes ``<runs-root>/<world or setting>/<run>/theta_ft.safetensors`` and ``manifest.json`` in
-the layout of :func:`rftlib.study.finetune_grid`; a run whose manifest holds the same recipe and
+the layout of :func:`rftlib.steps.common.finetune_grid`; a run whose manifest holds the same recipe and
 parent checkpoint is skipped (``--force`` re-runs it); an interrupted run resumes from its last
 epoch (``state.pt``).
 
 Precision: on CUDA the forwards run in bfloat16 autocast and the loss in float32
-(:func:`rftlib.device.autocast_forward`; ``--no-bf16`` for float32); on CPUs everything is float32.
+(:func:`rftlib.models.device.autocast_forward`; ``--no-bf16`` for float32); on CPUs everything is float32.
 The manifest records the precision, the number of ranks and the device.
 
 Paper-scale data: the training images are decoded on the fly by threads of each rank
-(:class:`rftlib.paperscale.LazyImages`; ``--decode-threads``, or the setting's ``decode_threads``),
+(:class:`rftlib.worlds.paper.LazyImages`; ``--decode-threads``, or the setting's ``decode_threads``),
 resized (shorter side, bicubic) and centre-cropped to the model's input size, in [0, 1]; the
 classifier normalizes them with OpenAI's mean and std. The training set is put in a fixed, seeded
 order once, so a recipe's ``n_train`` takes a random subset rather than the first classes. Decoding
@@ -64,15 +64,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from rftlib import distributed as D  # noqa: E402
-from rftlib.checkpoints import save_state_dict, sha256  # noqa: E402
-from rftlib.device import autocast_forward, device_summary, maybe_compile  # noqa: E402
+from rftlib.models import distributed as D  # noqa: E402
+from rftlib.models.checkpoints import save_state_dict, sha256  # noqa: E402
+from rftlib.models.device import autocast_forward, device_summary, maybe_compile  # noqa: E402
 from rftlib.errors import ParameterError  # noqa: E402
-from rftlib.finetune import Recipe, finetune  # noqa: E402
-from rftlib.io import atomic_write_json  # noqa: E402
-from rftlib.manifest import build_manifest  # noqa: E402
-from rftlib.paperscale import LazyImages, image_transform  # noqa: E402,F401 - paper-scale data finetune() indexes
-from rftlib.study import load_grid, run_folder  # noqa: E402
+from rftlib.models.finetune import Recipe, finetune  # noqa: E402
+from rftlib.files.io import atomic_write_json  # noqa: E402
+from rftlib.files.manifest import build_manifest  # noqa: E402
+from rftlib.worlds.paper import LazyImages, image_transform  # noqa: E402,F401 - paper-scale data finetune() indexes
+from rftlib.steps.common import load_grid, run_folder  # noqa: E402
 
 SETTINGS = ("imagenet", "cifar10")
 
@@ -93,8 +93,8 @@ class Job:
 
 def world_job(world_name: str, device: torch.device | None = None) -> Job:
     """A miniature world, or a paper setting (``kind: paper``; θ_zs is then built on ``device``)."""
-    from rftlib.study import id_training_data
-    from rftlib.worlds import load_world
+    from rftlib.steps.common import id_training_data
+    from rftlib.worlds.world import load_world
 
     world = load_world(world_name)
     params: dict[str, Any] = {}
@@ -112,16 +112,16 @@ def paper_job(args: argparse.Namespace, device: torch.device) -> Job:
 
     import open_clip
 
-    from rftlib.models import build_classifier, create_clip
-    from rftlib.paperdata import get_dataset
-    from rftlib.templates import classnames, templates
+    from rftlib.models.factory import build_classifier, create_clip
+    from rftlib.worlds.paperdata import get_dataset
+    from rftlib.worlds.templates import classnames, templates
 
     if args.pretrained is None:
         raise ParameterError("--pretrained is required with --setting: a local weights file (.safetensors or a "
                              "weights-only .pt), e.g. OpenAI's ViT-B/32 converted to a state dict.")
     if args.data_root is None:
         raise ParameterError("--data-root is required with --setting: the folder holding the data sets "
-                             "(layout: rftlib.paperdata).")
+                             "(layout: rftlib.worlds.paperdata).")
     pretrained = Path(args.pretrained)
     # refuses OpenAI-format weights paired with a GELU architecture (silently wrong otherwise)
     clip, tok = create_clip(args.model, pretrained=pretrained, device=device)
@@ -151,7 +151,7 @@ def paper_job(args: argparse.Namespace, device: torch.device) -> Job:
 
 
 def cached(folder: Path, recipe: Recipe, parent: str) -> bool:
-    """Same test as rftlib.study.finetune_grid: weights present, manifest with this recipe and parent."""
+    """Same test as rftlib.steps.common.finetune_grid: weights present, manifest with this recipe and parent."""
     mp = folder / "manifest.json"
     if not (mp.is_file() and (folder / "theta_ft.safetensors").is_file()):
         return False
@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 epilog="See book/paper-scale.md for the paper-scale commands.", allow_abbrev=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", help="miniature world or paper setting (worlds/<name>/world.yaml, or a path to a world.yaml)")
-    src.add_argument("--setting", choices=SETTINGS, help="paper scale: ImageNet or CIFAR-10 (rftlib.paperdata)")
+    src.add_argument("--setting", choices=SETTINGS, help="paper scale: ImageNet or CIFAR-10 (rftlib.worlds.paperdata)")
     p.add_argument("--grid", required=True, help="grid file of recipes (notebooks/params/grids/*.yaml)")
     p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
                    help="run names to fine-tune (default: every run of the grid)")
@@ -201,7 +201,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="re-run runs that already have weights")
     p.add_argument("--model", default="ViT-B-32-quickgelu", help="paper scale: open_clip architecture")
     p.add_argument("--pretrained", help="paper scale: local weights file of θ_zs's CLIP (never downloaded)")
-    p.add_argument("--data-root", help="paper scale: data directory (layout: rftlib.paperdata)")
+    p.add_argument("--data-root", help="paper scale: data directory (layout: rftlib.worlds.paperdata)")
     p.add_argument("--templates", help="paper scale: prompt templates (default: the setting's; e.g. imagenet-simple)")
     p.add_argument("--train-per-class", type=int, default=None, help="paper scale: at most this many training images per class")
     p.add_argument("--decode-threads", type=int, default=8, help="paper scale: image-decoding threads per rank")

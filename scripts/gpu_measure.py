@@ -11,7 +11,7 @@ CPU smoke test (seconds; a tiny model, tiny sizes)::
 
 The model is open_clip's ``ViT-B-32-quickgelu`` image tower, **randomly initialized** (no weights
 needed), at 224 px, with a random 1000-class head, wrapped as rftlib's
-:class:`~rftlib.models.ImageClassifier` (inputs in [0, 1], normalized inside). Inputs are random
+:class:`~rftlib.models.factory.ImageClassifier` (inputs in [0, 1], normalized inside). Inputs are random
 tensors already on the device: data loading is not measured. Phases, in order of priority:
 
 1. ``finetune_throughput``: fine-tuning steps (bf16 autocast forward, float32 loss, backward, gradient
@@ -19,7 +19,7 @@ tensors already on the device: data loading is not measured. Phases, in order of
    between ``torch.cuda.synchronize()`` calls: images/s.
 2. ``sharpness_whole``: one worst-case ℓ∞ adaptive sharpness estimate of the whole model
    (``--n-examples`` examples, batches of ``--m``, ``--n-iters`` ascent steps), float32 with TF32
-   off (:func:`rftlib.device.strict_fp32`), through :func:`rftlib.sharpness.sharpness`.
+   off (:func:`rftlib.models.device.strict_fp32`), through :func:`rftlib.core.sharpness.sharpness`.
 3. ``sharpness_blocks``: the same estimate for each residual block alone, prefix-cached
    (``naive=False``) and naive (``naive=True``) alternately; both must give the same value.
 4. ``finetune_throughput_compiled``: phase 1 after ``torch.compile`` (CUDA only; compile time recorded).
@@ -48,12 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from rftlib.device import (autocast, device_summary, maybe_compile, memory_aware_batch_size,  # noqa: E402
+from rftlib.models.device import (autocast, device_summary, maybe_compile, memory_aware_batch_size,  # noqa: E402
                            pick_device, strict_fp32, synchronize)
-from rftlib.io import atomic_write_json  # noqa: E402
-from rftlib.layers import layer_groups  # noqa: E402
-from rftlib.models import ImageClassifier, count_parameters, create_clip  # noqa: E402
-from rftlib.sharpness import sharpness  # noqa: E402
+from rftlib.files.io import atomic_write_json  # noqa: E402
+from rftlib.core.layers import layer_groups  # noqa: E402
+from rftlib.models.factory import ImageClassifier, count_parameters, create_clip  # noqa: E402
+from rftlib.core.sharpness import sharpness  # noqa: E402
 
 # ImageNet-1k sizes used for the derived estimates
 IMAGENET_TRAIN = 1_281_167
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phases": {},
         "errors": {},
         "notes": ["inputs are random tensors on the device: data loading and JPEG decoding are not measured",
-                  "sharpness runs in float32 with TF32 off (rftlib.device.strict_fp32)"],
+                  "sharpness runs in float32 with TF32 off (rftlib.models.device.strict_fp32)"],
     }
 
     def save() -> None:

@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_clip_session():
-    from rftlib.models import create_clip
+    from rftlib.models.factory import create_clip
 
     return create_clip("rft-tiny", seed=0)
 
@@ -33,7 +33,7 @@ def tiny_clip(tiny_clip_session):
 @pytest.fixture
 def tiny_classifier(tiny_clip_session):
     """A fresh 3-class classifier on the tiny CLIP (inputs: 3×28×28 in [0, 1])."""
-    from rftlib.models import build_classifier
+    from rftlib.models.factory import build_classifier
 
     clip, tok = tiny_clip_session
     return build_classifier(clip, tok, ["a", "b", "c"], ["a photo of a {}."], (0.4,) * 3, (0.3,) * 3)

@@ -30,9 +30,9 @@ import pytest
 import yaml
 
 from rftlib.cli import book_command
-from rftlib.mathjax import MATHJAX_ENTRY
-from rftlib.mathjax import ensure as fetch_mathjax
-from rftlib.manifest import repo_root
+from rftlib.book.mathjax import MATHJAX_ENTRY
+from rftlib.book.mathjax import ensure as fetch_mathjax
+from rftlib.files.manifest import repo_root
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def built_book():
         fetch_mathjax()
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"MathJax could not be put into book/_static/mathjax ({e}); run `rft mathjax`")
-    from rftlib.pages import render_pages
+    from rftlib.book.pages import render_pages
 
     render_pages()
     with tempfile.TemporaryDirectory(prefix="rft-book-") as tmp:

@@ -1,19 +1,20 @@
-"""Tests of rftlib.claims: decision rules, the claims.csv upsert, and the book's table."""
+"""Tests of the claim verdicts (rftlib.core.verdicts) and of step-owned claim files (rftlib.book.claims)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rftlib import claims
-from rftlib.claims import Claim, ClaimsFileError
+from rftlib.book import claims
+from rftlib.book.claims import ClaimsFileError
+from rftlib.core import verdicts
+from rftlib.core.verdicts import Claim
 from rftlib.errors import ParameterError
 
-V = claims.verdict_from_interval
+V = verdicts.verdict_from_interval
 
 
 @pytest.mark.parametrize(
@@ -81,34 +82,34 @@ def test_verdict_rejects_bad_arguments(args, kw, msg):
     ],
 )
 def test_verdict_from_runs_rule(taus, lo, hi, p, expect, verdict):
-    assert claims.verdict_from_runs(taus, lo, hi, p, expect=expect) == verdict
+    assert verdicts.verdict_from_runs(taus, lo, hi, p, expect=expect) == verdict
 
 
 def test_min_consistency_relaxes_the_sign_rule():
     taus = [0.6, 0.7, 0.5, -0.1]
-    assert claims.verdict_from_runs(taus, 0.3, 0.7, 0.001, expect="positive") == "mixed"
-    assert claims.verdict_from_runs(taus, 0.3, 0.7, 0.001, expect="positive", min_consistency=0.75) == "supported"
+    assert verdicts.verdict_from_runs(taus, 0.3, 0.7, 0.001, expect="positive") == "mixed"
+    assert verdicts.verdict_from_runs(taus, 0.3, 0.7, 0.001, expect="positive", min_consistency=0.75) == "supported"
     with pytest.raises(ParameterError, match="no run"):
-        claims.verdict_from_runs([np.nan], 0.3, 0.7, 0.001)
+        verdicts.verdict_from_runs([np.nan], 0.3, 0.7, 0.001)
 
 
 def test_verdict_from_combined_uses_stouffer_and_counts():
-    from rftlib.stats import combine_within
+    from rftlib.core.stats import combine_within
 
     comb = combine_within([0.6, 0.7, 0.8], [0.01, 0.005, 0.001], n_boot=200)
-    assert claims.verdict_from_combined(comb, expect="any") == "supported"
-    assert claims.verdict_from_combined(comb, expect="none") == "not supported"
+    assert verdicts.verdict_from_combined(comb, expect="any") == "supported"
+    assert verdicts.verdict_from_combined(comb, expect="none") == "not supported"
     with pytest.raises(ParameterError, match="combine_within"):
-        claims.verdict_from_combined({"ci_low": 0.1})
+        verdicts.verdict_from_combined({"ci_low": 0.1})
 
 
 def test_combine_verdicts():
-    assert claims.combine_verdicts(["not supported"] * 3) == "not supported"
-    assert claims.combine_verdicts(["supported", "mixed"]) == "mixed"
+    assert verdicts.combine_verdicts(["not supported"] * 3) == "not supported"
+    assert verdicts.combine_verdicts(["supported", "mixed"]) == "mixed"
     with pytest.raises(ParameterError):
-        claims.combine_verdicts([])
+        verdicts.combine_verdicts([])
     with pytest.raises(ParameterError, match="unknown verdict"):
-        claims.combine_verdicts(["yes"])
+        verdicts.combine_verdicts(["yes"])
 
 
 def _c(claim="F1", world="w", value=0.1, verdict="supported", lo=-0.2, hi=0.3, p=0.5, stat="mean tau"):
@@ -138,7 +139,7 @@ def test_claim_allows_missing_interval_and_p():
 
 
 def test_claim_from_correlation():
-    from rftlib.stats import correlate
+    from rftlib.core.stats import correlate
 
     r = correlate(np.arange(10.0), np.arange(10.0) ** 2, n_boot=100)
     c = Claim.from_correlation("F3", "w", r, "pooled Kendall tau", expect="any")
@@ -147,86 +148,56 @@ def test_claim_from_correlation():
         Claim.from_correlation("F3", "w", r, "x", coefficient="cos")
 
 
-def test_upsert_creates_file_with_exact_columns(tmp_path):
-    p = tmp_path / "results" / "claims.csv"
-    claims.upsert_claims(_c(), p)
-    assert p.read_text().splitlines()[0] == "claim,world,statistic,value,ci_low,ci_high,p_value,verdict"
+def test_write_claims_creates_the_step_file_with_exact_columns(tmp_path):
+    path = claims.write_claims(tmp_path / "w-sharpness", _c())
+    assert path == tmp_path / "w-sharpness" / "claims.csv"
+    assert path.read_text().splitlines()[0] == "claim,world,statistic,value,ci_low,ci_high,p_value,verdict"
 
 
-def test_upsert_keeps_other_rows_and_replaces_same_key(tmp_path):
-    p = tmp_path / "claims.csv"
-    claims.upsert_claims([_c("F1", "a"), _c("F2", "a", verdict="mixed")], p)
-    claims.upsert_claims(_c("F1", "b", verdict="not supported"), p)
-    out = claims.upsert_claims(_c("F2", "a", value=0.9, verdict="supported"), p)
+def test_read_claims_concatenates_every_step_folder(tmp_path):
+    claims.write_claims(tmp_path / "a-sharpness", [_c("F1", "a"), _c("F2", "a", verdict="mixed")])
+    claims.write_claims(tmp_path / "b-sharpness", _c("F1", "b", verdict="not supported"))
+    claims.write_claims(tmp_path / "a-interpolate", _c("P1", "a"))
+    (tmp_path / "no-claims").mkdir()
+    out = claims.read_claims(tmp_path)
     assert out[["claim", "world", "verdict"]].values.tolist() == [
-        ["F1", "a", "supported"], ["F1", "b", "not supported"], ["F2", "a", "supported"]]
-    back = claims.read_claims(p)
-    pd.testing.assert_frame_equal(back, out)
-    assert back.loc[back["claim"] == "F2", "value"].item() == 0.9
+        ["F1", "a", "supported"], ["F1", "b", "not supported"], ["F2", "a", "mixed"], ["P1", "a", "supported"]]
 
 
-def test_upsert_bytes_do_not_depend_on_write_order(tmp_path):
+def test_a_key_written_by_two_steps_is_an_error_naming_both(tmp_path):
+    claims.write_claims(tmp_path / "one", _c("F1", "a"))
+    claims.write_claims(tmp_path / "two", _c("F1", "a"))
+    with pytest.raises(ClaimsFileError, match=r"several steps: \['one', 'two'\]"):
+        claims.read_claims(tmp_path)
+
+
+def test_write_claims_bytes_do_not_depend_on_row_order(tmp_path):
     rows = [_c("P1", "b"), _c("F1", "b"), _c("F1", "a"), _c("F4", "a", lo=float("nan"), hi=float("nan"))]
-    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    for r in rows:
-        claims.upsert_claims(r, a)
-    claims.upsert_claims(rows[::-1], b)
+    a = claims.write_claims(tmp_path / "a", rows)
+    b = claims.write_claims(tmp_path / "b", rows[::-1])
     assert a.read_bytes() == b.read_bytes()
     assert [line.split(",")[0] for line in a.read_text().splitlines()[1:]] == ["F1", "F1", "F4", "P1"]
 
 
-def test_upsert_rejects_duplicates_and_bad_rows(tmp_path):
-    p = tmp_path / "claims.csv"
+def test_write_claims_rejects_duplicates_and_bad_rows(tmp_path):
     with pytest.raises(ParameterError, match="more than once"):
-        claims.upsert_claims([_c(), _c()], p)
+        claims.write_claims(tmp_path, [_c(), _c()])
     with pytest.raises(ParameterError, match="exactly the columns"):
-        claims.upsert_claims({"claim": "F1"}, p)
-    assert not p.exists()
+        claims.write_claims(tmp_path, {"claim": "F1"})
+    assert not (tmp_path / "claims.csv").exists()
 
 
-def test_upsert_refuses_to_overwrite_a_foreign_file(tmp_path):
-    p = tmp_path / "claims.csv"
-    p.write_text("claim,world,verdict\nF1,w,supported\n")
+def test_read_claims_refuses_a_foreign_file(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "claims.csv").write_text("claim,world,verdict\nF1,w,supported\n")
     with pytest.raises(ClaimsFileError, match="exactly"):
-        claims.upsert_claims(_c(), p)
-    assert p.read_text() == "claim,world,verdict\nF1,w,supported\n"
+        claims.read_claims(tmp_path)
 
 
 def test_read_claims_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="upsert_claims"):
+    with pytest.raises(FileNotFoundError, match="write_claims"):
         claims.read_claims(tmp_path / "claims.csv")
-    assert claims.read_claims(tmp_path / "claims.csv", missing_ok=True).empty
-
-
-def test_lock_is_exclusive(tmp_path):
-    p = tmp_path / "claims.csv"
-    with claims.file_lock(p):
-        with pytest.raises(TimeoutError, match="could not lock"):
-            with claims.file_lock(p, timeout=0.1):
-                pass
-    with claims.file_lock(p, timeout=0.1):  # released
-        pass
-
-
-def _writer(path: str, world: str, n: int) -> None:
-    for i in range(n):
-        claims.upsert_claims([Claim(c, world, "tau", float(i), -1.0, 1.0, 0.5, "mixed") for c in ("F1", "F2")], path)
-
-
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
-def test_concurrent_upserts_lose_no_rows(tmp_path):
-    p = str(tmp_path / "claims.csv")
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(p, f"world{k}", 15)) for k in range(4)]
-    for pr in procs:
-        pr.start()
-    for pr in procs:
-        pr.join(60)
-    assert all(pr.exitcode == 0 for pr in procs)
-    out = claims.read_claims(p)
-    assert len(out) == 8 and set(out["world"]) == {f"world{k}" for k in range(4)}
-    assert set(out["value"]) == {14.0}
-    assert not [f for f in tmp_path.iterdir() if f.suffix == ".tmp"]
+    assert claims.read_claims(tmp_path, missing_ok=True).empty
 
 
 def test_claims_table_markdown():
@@ -245,14 +216,14 @@ def test_claims_table_markdown():
 
 
 def test_claim_texts_cover_all_ids():
-    assert claims.CLAIM_IDS == ("F1", "F2", "F3", "F4", "P1")
-    assert all(claims.CLAIM_TEXTS[c] for c in claims.CLAIM_IDS)
+    assert verdicts.CLAIM_IDS == ("F1", "F2", "F3", "F4", "P1")
+    assert all(verdicts.CLAIM_TEXTS[c] for c in verdicts.CLAIM_IDS)
 
 
 def test_relative_claims_path_is_taken_from_the_repo_root(tmp_path, monkeypatch):
     monkeypatch.setenv("RFT_REPO_ROOT", str(tmp_path))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    claims.upsert_claims(_c())
-    assert (tmp_path / "book" / "results" / "claims.csv").is_file()
+    claims.write_claims("book/results/w-sharpness", _c())
+    assert (tmp_path / "book" / "results" / "w-sharpness" / "claims.csv").is_file()
     assert len(claims.read_claims()) == 1

@@ -1,13 +1,13 @@
-"""rftlib.convert_openai: the command the TorchScript refusal names exists and converts safely."""
+"""rftlib.models.convert_openai: the command the TorchScript refusal names exists and converts safely."""
 
 import pytest
 import torch
 from torch import nn
 
-from rftlib.checkpoints import load_state_dict
-from rftlib.convert_openai import main
+from rftlib.models.checkpoints import load_state_dict
+from rftlib.models.convert_openai import main
 from rftlib.errors import CheckpointError
-from rftlib.models import OPENAI_MARKERS, is_openai_state_dict
+from rftlib.models.factory import OPENAI_MARKERS, is_openai_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated, still read
 
@@ -31,7 +31,7 @@ def test_torchscript_round_trip_keeps_the_openai_markers(tmp_path, capsys):
     scripted = torch.jit.script(_TinyOpenAI())
     src, dst = tmp_path / "ViT-tiny.pt", tmp_path / "vit-tiny.safetensors"
     torch.jit.save(scripted, str(src))
-    with pytest.raises(CheckpointError, match=r"python -m rftlib\.convert_openai IN\.pt OUT\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"python -m rftlib\.models\.convert_openai IN\.pt OUT\.safetensors"):
         load_state_dict(src)  # the refusal names the command this module provides
     assert main([str(src), str(dst)]) == 0
     assert "OpenAI markers kept" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Tests of rftlib.curves on hand-made interpolation curves."""
+"""Tests of rftlib.core.curves on hand-made interpolation curves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rftlib import curves
+from rftlib.core import curves
 from rftlib.errors import ParameterError
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]

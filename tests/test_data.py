@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rftlib import data
+from rftlib.worlds import data
 from rftlib.errors import DataNotFoundError, ParameterError
-from rftlib.shifts import STYLES, render, render_split
+from rftlib.worlds.shifts import STYLES, render, render_split
 
 
 def test_fashion_mnist_real_files():

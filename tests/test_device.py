@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import rftlib.device as D
+import rftlib.models.device as D
 from rftlib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from rftlib import distributed as D
+from rftlib.models import distributed as D
 from rftlib.errors import CheckpointError, DataNotFoundError, ParameterError
-from rftlib.io import atomic_write_csv
+from rftlib.files.io import atomic_write_csv
 from toydata import toy_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def rank_env(rank: int, world: int, port: int) -> None:
 
 
 def tiny_classifier():
-    from rftlib.models import build_classifier, create_clip
+    from rftlib.models.factory import build_classifier, create_clip
 
     clip, tok = create_clip("rft-tiny", seed=0)
     return build_classifier(clip, tok, CLASSES, TEMPLATES, (0.4,) * 3, (0.3,) * 3)
@@ -63,7 +63,7 @@ RECIPE = dict(name="ddp", lr=2e-3, epochs=2, batch_size=32, warmup_steps=2, augm
 
 
 def ddp_finetune_worker(rank: int, world: int, port: int, out: str) -> None:
-    from rftlib.finetune import Recipe, finetune
+    from rftlib.models.finetune import Recipe, finetune
 
     rank_env(rank, world, port)
     info = D.init_from_env()
@@ -96,7 +96,7 @@ class SweepJob:
                 for k, v in self.zs.items()}
 
     def __call__(self, item):
-        from rftlib.evaluation import evaluate
+        from rftlib.core.evaluation import evaluate
 
         run, alpha = item
         ft = self.theta_ft(run)
@@ -133,7 +133,7 @@ def single_process_file(path: Path, items, fn) -> bytes:
 
 
 def test_ddp_finetune_equals_single_process(tmp_path):
-    from rftlib.finetune import Recipe, finetune
+    from rftlib.models.finetune import Recipe, finetune
 
     out = tmp_path / "ddp.pt"
     mp.spawn(ddp_finetune_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
@@ -302,7 +302,7 @@ def tiny_quickgelu(tmp_path):
     import open_clip
     from open_clip import factory
 
-    cfg = json.loads((ROOT / "rftlib" / "configs" / "rft-tiny.json").read_text())
+    cfg = json.loads((ROOT / "rftlib" / "models" / "configs" / "rft-tiny.json").read_text())
     cfg["quick_gelu"] = True
     name = "rft-tiny-quickgelu-test"
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
@@ -314,7 +314,7 @@ def tiny_quickgelu(tmp_path):
 def test_openai_format_checkpoint_classifies_identically(tmp_path, tiny_quickgelu):
     from open_clip.transformer import QuickGELU
 
-    from rftlib.models import build_classifier, create_clip, is_openai_state_dict
+    from rftlib.models.factory import build_classifier, create_clip, is_openai_state_dict
 
     clip, tok = create_clip(tiny_quickgelu, seed=0)
     assert any(isinstance(m, QuickGELU) for m in clip.visual.modules())
@@ -353,8 +353,8 @@ def _script_env():
 @pytest.fixture
 def tiny_world(tmp_path):
     """A copy of the digits world on rft-tiny, with its own checkpoint and manifest."""
-    from rftlib.checkpoints import save_state_dict, sha256
-    from rftlib.models import create_clip
+    from rftlib.models.checkpoints import save_state_dict, sha256
+    from rftlib.models.factory import create_clip
 
     folder = tmp_path / "world"
     folder.mkdir()
@@ -373,10 +373,10 @@ def tiny_world(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
-    from rftlib.checkpoints import load_state_dict
-    from rftlib.finetune import finetune
-    from rftlib.study import finetune_grid, id_training_data, load_grid
-    from rftlib.worlds import load_world
+    from rftlib.models.checkpoints import load_state_dict
+    from rftlib.models.finetune import finetune
+    from rftlib.steps.common import finetune_grid, id_training_data, load_grid
+    from rftlib.worlds.world import load_world
 
     world_yaml, grid = tiny_world
     runs = tmp_path / "runs"
@@ -406,7 +406,7 @@ def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
     assert_same_theta_ft(load_state_dict(folder / "theta_ft.safetensors"), single,
                          lambda: world.zeroshot_classifier(verify=False), x[:32])
 
-    # the notebook step (rftlib.study.finetune_grid) finds the run done and reuses it
+    # the notebook step (rftlib.steps.common.finetune_grid) finds the run done and reuses it
     hist = finetune_grid(world, [recipe], runs_root=runs, progress=False)
     assert hist["cached"].all()
 
@@ -424,8 +424,8 @@ def _fake_cifar(root: Path, n_per_batch: int = 20) -> None:
 
 @pytest.mark.slow
 def test_finetune_script_paper_setting_on_fake_cifar(tmp_path):
-    from rftlib.checkpoints import save_state_dict
-    from rftlib.models import create_clip
+    from rftlib.models.checkpoints import save_state_dict
+    from rftlib.models.factory import create_clip
 
     _fake_cifar(tmp_path / "data")
     clip, _ = create_clip("rft-tiny", seed=0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rftlib.errors import ParameterError
-from rftlib.evaluation import evaluate
-from rftlib.finetune import Recipe, finetune
-from rftlib.wiseft import interpolation_sweep
+from rftlib.core.evaluation import evaluate
+from rftlib.models.finetune import Recipe, finetune
+from rftlib.core.sweep import interpolation_sweep
 from toydata import toy_task
 
 
@@ -33,7 +33,7 @@ def test_resume_equals_uninterrupted(tiny_classifier, tmp_path, augment):
     m2 = copy.deepcopy(tiny_classifier)
     short = Recipe(**r.to_dict())
     # interrupt during epoch 3 (after two saved epochs) by raising from the progress bar
-    import rftlib.finetune as ft
+    import rftlib.models.finetune as ft
 
     calls = {"n": 0}
     real_bar = ft.bar

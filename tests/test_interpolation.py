@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rftlib.errors import ParameterError
-from rftlib.interpolation import Interpolator, alpha_grid, check_compatible
-from rftlib.layers import GRANULARITIES, layer_groups
+from rftlib.core.interpolation import Interpolator, alpha_grid, check_compatible
+from rftlib.core.layers import GRANULARITIES, layer_groups
 
 
 def endpoints(clf, seed=1):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rftlib.manifest import (
+from rftlib.files.manifest import (
     build_manifest,
     git_info,
     manifests_match,

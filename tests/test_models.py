@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rftlib.checkpoints import load_state_dict, save_state_dict
+from rftlib.models.checkpoints import load_state_dict, save_state_dict
 from rftlib.errors import CheckpointError, ParameterError
-from rftlib.models import ImageClassifier, build_classifier, create_clip, tiny_configs
+from rftlib.models.factory import ImageClassifier, build_classifier, create_clip, tiny_configs
 
 
 def test_tiny_configs_are_registered():

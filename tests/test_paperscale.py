@@ -1,4 +1,4 @@
-"""Paper settings as worlds (rftlib.paperscale) on a tiny quick-GELU CLIP in OpenAI's format and fake
+"""Paper settings as worlds (rftlib.worlds.paper) on a tiny quick-GELU CLIP in OpenAI's format and fake
 ImageNet / CIFAR-10 files in their real layouts: loading, checks, splits, class-subset scoring, θ_zs,
 the study's steps end to end, and the pipeline validation of the paper parameter files."""
 
@@ -21,9 +21,9 @@ from PIL import Image
 from torch import nn
 
 from rftlib.errors import CheckpointError, DataNotFoundError, ParameterError
-from rftlib.paperscale import EvalSplit, LazyImages, PaperWorld
-from rftlib.templates import class_indices, wnids
-from rftlib.worlds import load_world
+from rftlib.worlds.paper import EvalSplit, LazyImages, PaperWorld
+from rftlib.worlds.templates import class_indices, wnids
+from rftlib.worlds.world import load_world
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "rft-tiny-quickgelu-paperscale"
@@ -51,7 +51,7 @@ def tiny_model(tmp_path_factory):
     import open_clip
     from open_clip import factory
 
-    cfg = json.loads((ROOT / "rftlib" / "configs" / "rft-tiny.json").read_text())
+    cfg = json.loads((ROOT / "rftlib" / "models" / "configs" / "rft-tiny.json").read_text())
     cfg["quick_gelu"] = True
     path = tmp_path_factory.mktemp("cfg") / f"{MODEL}.json"
     path.write_text(json.dumps(cfg))
@@ -63,7 +63,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(tiny_model, tmp_path_factory) -> Path:
     """The tiny CLIP saved as OpenAI's original state dict (with its three format entries)."""
-    from rftlib.models import create_clip
+    from rftlib.models.factory import create_clip
 
     clip, _ = create_clip(tiny_model, seed=0)
     sd = dict(clip.state_dict())
@@ -154,7 +154,7 @@ class FixedLogits(nn.Module):
 
 
 def test_repository_settings_load_without_data_or_weights(monkeypatch):
-    from rftlib.worlds import available_worlds
+    from rftlib.worlds.world import available_worlds
 
     monkeypatch.delenv("RFT_CLIP_WEIGHTS", raising=False)
     monkeypatch.delenv("RFT_DATA_ROOT", raising=False)
@@ -175,7 +175,7 @@ def test_repository_settings_load_without_data_or_weights(monkeypatch):
 
 
 def test_rft_verify_skips_paper_settings(tmp_path, monkeypatch):
-    import rftlib.worlds as worlds
+    import rftlib.worlds.world as worlds
 
     setting(tmp_path / "worlds", "paper-x")
     monkeypatch.setattr(worlds, "WORLDS_DIR", tmp_path / "worlds")
@@ -244,7 +244,7 @@ def test_eval_splits_full_and_seeded_subsets(world):
 
 
 def test_evaluate_scores_a_200_class_split_on_its_classes(world):
-    from rftlib.evaluation import evaluate, evaluate_split
+    from rftlib.core.evaluation import evaluate, evaluate_split
 
     split = world.eval_splits(None, splits=["imagenet-r"])["imagenet-r"]
     logits = torch.full((1000,), -4.0)
@@ -263,9 +263,9 @@ def test_evaluate_scores_a_200_class_split_on_its_classes(world):
 
 
 def test_prefix_cached_paths_score_the_subset_too(world):
-    from rftlib.evaluation import evaluate_split
-    from rftlib.interpolation import Interpolator
-    from rftlib.prefix import layer_alpha_sweep
+    from rftlib.core.evaluation import evaluate_split
+    from rftlib.core.interpolation import Interpolator
+    from rftlib.core.prefix import layer_alpha_sweep
 
     split = world.eval_splits(None, splits=["imagenet-r"])["imagenet-r"]
     model = world.zeroshot_classifier()
@@ -289,8 +289,8 @@ def test_prefix_cached_paths_score_the_subset_too(world):
 def test_zeroshot_classifier_equals_open_clip_preprocess_then_model(world, weights):
     import open_clip
 
-    from rftlib.checkpoints import sha256
-    from rftlib.models import ImageClassifier, create_clip
+    from rftlib.models.checkpoints import sha256
+    from rftlib.models.factory import ImageClassifier, create_clip
 
     assert world.verify_checkpoint() == sha256(weights) == world.manifest()["sha256"]
     m = world.manifest()
@@ -331,8 +331,8 @@ def test_openai_weights_on_a_gelu_architecture_are_refused(tmp_path, weights, im
 
 
 def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
-    from rftlib import layerstudy, study
-    from rftlib.finetune import Recipe
+    from rftlib.steps import layerwise as layerstudy, common as study
+    from rftlib.models.finetune import Recipe
 
     x, y = study.id_training_data(world)
     assert isinstance(x, LazyImages) and len(x) == len(y) == 12 and sorted(set(y.tolist())) == ID_CLASSES
@@ -363,7 +363,7 @@ def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
 
 
 def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, monkeypatch):
-    from rftlib import study
+    from rftlib.steps import common as study
 
     monkeypatch.setenv("RFT_CLIP_WEIGHTS", str(weights))
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))
@@ -384,8 +384,8 @@ def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, mon
 
 
 def _validate(name: str):
-    from rftlib.params import load_param_file
-    from rftlib.pipeline import validate_pipeline
+    from rftlib.book.params import load_param_file
+    from rftlib.book.pipeline import validate_pipeline
 
     return validate_pipeline(load_param_file(ROOT / "notebooks" / "params" / f"{name}.yaml"))
 
@@ -406,7 +406,7 @@ def test_paper_pipelines_validate_except_for_missing_weights_and_data(monkeypatc
 
 
 def test_paper_cifar10_pipeline_validates_with_weights_and_data(cifar_root, weights, monkeypatch):
-    from rftlib.validation import check_zeroshot
+    from rftlib.book.validation import check_zeroshot
 
     monkeypatch.setenv("RFT_CLIP_WEIGHTS", str(weights))  # validation only checks that the file is there
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))
@@ -434,12 +434,12 @@ def test_missing_data_sets_are_listed_with_the_variable(imagenet_root, weights, 
 @pytest.mark.slow
 def test_finetune_script_on_a_paper_setting_is_reused_by_the_notebook_step(tmp_path, tiny_model, weights,
                                                                          cifar_root, monkeypatch):
-    from rftlib import study
+    from rftlib.steps import common as study
 
     path = setting(tmp_path, "tiny-cifar", id={"dataset": "cifar10"}, ood=["cifar10.1"], templates="cifar10",
                    model="rft-tiny", pretrained=str(tmp_path / "tiny.safetensors"))
-    from rftlib.checkpoints import save_state_dict
-    from rftlib.models import create_clip
+    from rftlib.models.checkpoints import save_state_dict
+    from rftlib.models.factory import create_clip
 
     clip, _ = create_clip("rft-tiny", seed=0)  # a GELU model with open_clip-format weights (a registered config)
     save_state_dict(tmp_path / "tiny.safetensors", clip.state_dict())

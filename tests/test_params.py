@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rftlib.errors import ParameterError
-from rftlib.params import (
+from rftlib.book.params import (
     apply_overrides,
     format_parameters,
     load_param_file,
@@ -73,7 +73,7 @@ def test_valid_values_are_coerced():
 
 def test_none_default_accepts_anything():
     specs = parse_parameters_source("x = None  # anything")
-    from rftlib.params import check_params
+    from rftlib.book.params import check_params
 
     assert check_params(specs, {"x": [1, "a"]}) == {"x": [1, "a"]}
 
@@ -179,7 +179,7 @@ def test_type_declared_in_comment():
     )
     assert {k: str(s.type) for k, s in specs.items()} == {
         "runs": "list[str]", "n": "int | None", "scale": "float", "note": "str", "odd": "float"}
-    from rftlib.params import check_params
+    from rftlib.book.params import check_params
 
     with pytest.raises(ParameterError, match="'runs' must be list\\[str\\], got list \\[1\\]"):
         check_params(specs, {"runs": [1]})

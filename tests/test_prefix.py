@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rftlib.errors import ParameterError
-from rftlib.evaluation import evaluate_split
-from rftlib.interpolation import Interpolator
-from rftlib.layers import layer_groups
-from rftlib.prefix import (SuffixModel, cached_inputs, layer_alpha_sweep, model_stages, run_suffix, stage_index,
+from rftlib.core.evaluation import evaluate_split
+from rftlib.core.interpolation import Interpolator
+from rftlib.core.layers import layer_groups
+from rftlib.core.prefix import (SuffixModel, cached_inputs, layer_alpha_sweep, model_stages, run_suffix, stage_index,
                            stage_of_keys)
 
 

@@ -1,8 +1,8 @@
 """Reliability: bad input is rejected before any compute, killed runs leave no partial results, corrupt
 checkpoints and NaNs are caught with clear messages, and equal runs give equal bytes.
 
-- **Bad input** (table-driven): each notebook's check in :mod:`rftlib.validation`, reached the way
-  the runner reaches it (:func:`rftlib.params.validate_params` with the check named in the notebook's
+- **Bad input** (table-driven): each notebook's check in :mod:`rftlib.book.validation`, reached the way
+  the runner reaches it (:func:`rftlib.book.params.validate_params` with the check named in the notebook's
   ``metadata.rft.validate``, here on temporary copies of the study's notebooks that carry it), and the
   ``rft`` command (``run``, ``pipeline``, ``params``): exit code 2, one line naming the parameter,
   the bad value and what is allowed, in seconds, without starting a kernel.
@@ -36,18 +36,18 @@ import pytest
 import torch
 
 from rftlib import cli
-from rftlib.checkpoints import load_state_dict, save_state_dict, sha256
+from rftlib.models.checkpoints import load_state_dict, save_state_dict, sha256
 from rftlib.errors import CheckpointError, NumericalError, ParameterError
-from rftlib.manifest import repo_root
-from rftlib.params import load_param_file, notebook_validator, validate_params
-from rftlib.validation import CHECKS, check_endpoints, check_sharpness, interpolation_alphas
+from rftlib.files.manifest import repo_root
+from rftlib.book.params import load_param_file, notebook_validator, validate_params
+from rftlib.book.validation import CHECKS, check_endpoints, check_sharpness, interpolation_alphas
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reliability"
 STAGED = FIXTURES / "staged.ipynb"
 FINETUNE_JOB = FIXTURES / "finetune_job.py"
 NOTEBOOKS = repo_root() / "notebooks"
 #: The ``metadata.rft.validate`` each study notebook carries.
-VALIDATE = {name: f"rftlib.validation:check_{name}" for name in CHECKS}
+VALIDATE = {name: f"rftlib.book.validation:check_{name}" for name in CHECKS}
 #: An interpolation results folder that does not exist (the checks then use the default α grid).
 NO_RESULTS = "/nonexistent/reliability/interpolate"
 RFT = Path(sys.executable).parent / "rft"
@@ -77,7 +77,7 @@ def wired(tmp_path_factory) -> dict[str, Path]:
     them); each check runs once here, so the imports it needs are done before the timed tests."""
     d = tmp_path_factory.mktemp("wired")
     out = {name: _wire(NOTEBOOKS / f"{name}.ipynb", d / f"{name}.ipynb", VALIDATE[name]) for name in CHECKS}
-    from rftlib.params import notebook_parameters
+    from rftlib.book.params import notebook_parameters
 
     for name, fn in CHECKS.items():
         try:
@@ -90,8 +90,8 @@ def wired(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def curves5(tmp_path_factory) -> Path:
     """An interpolation results folder whose curves were measured at n_alpha = 5."""
-    from rftlib import results
-    from rftlib.interpolation import alpha_grid
+    from rftlib.book import results
+    from rftlib.core.interpolation import alpha_grid
 
     d = tmp_path_factory.mktemp("interp5") / "interpolate"
     rows = [{"world": "fashion", "run": "r", "alpha": a, "split": s, "accuracy": 0.5, "loss": 1.0}
@@ -238,7 +238,7 @@ def test_sharpness_alphas_follow_the_interpolation_manifest(tmp_path):
 
 
 def test_grid_with_a_yaml_syntax_error_is_a_parameter_error():
-    from rftlib.study import load_grid
+    from rftlib.steps.common import load_grid
 
     with pytest.raises(ParameterError, match=r"grid file .*grid_not_yaml\.yaml is not valid YAML: expected ',' or '\}'"
                                              r".* at line 3, column 5") as err:
@@ -247,7 +247,7 @@ def test_grid_with_a_yaml_syntax_error_is_a_parameter_error():
 
 
 def test_runner_rejects_before_starting_a_kernel(wired, tmp_path, no_kernel):
-    from rftlib.runner import run_notebook
+    from rftlib.book.runner import run_notebook
 
     out = tmp_path / "out"
     with pytest.raises(ParameterError, match=r"n_alpha=4 puts alphas off"):
@@ -492,7 +492,7 @@ def test_a_partial_backup_never_replaces_complete_results(staged_reference, tmp_
 
 def test_atomic_writes_are_readable_by_others_whatever_wrote_them(tmp_path):
     """safetensors' save_file replaces the temporary file with one of its own mode: the result is 0644."""
-    from rftlib.io import atomic_path, atomic_write_text
+    from rftlib.files.io import atomic_path, atomic_write_text
 
     old = os.umask(0o077)
     try:
@@ -598,7 +598,7 @@ def test_bit_flip_in_tensor_data_is_caught_by_the_run_manifest(tmp_path):
     """safetensors has no checksum of its data; a fine-tuned run's manifest sha256 catches the flip."""
     from types import SimpleNamespace
 
-    from rftlib.study import load_theta_ft
+    from rftlib.steps.common import load_theta_ft
 
     folder = tmp_path / "runs" / "toy" / "r1"
     folder.mkdir(parents=True)
@@ -618,7 +618,7 @@ def test_bit_flip_in_tensor_data_is_caught_by_the_run_manifest(tmp_path):
 @pytest.fixture
 def fake_world(tmp_path, monkeypatch) -> Path:
     """worlds/digits with a small shipped 'checkpoint' and its manifest, in a temporary worlds folder."""
-    import rftlib.worlds as worlds
+    import rftlib.worlds.world as worlds
 
     d = tmp_path / "worlds" / "digits"
     d.mkdir(parents=True)
@@ -678,7 +678,7 @@ def _poison(model: torch.nn.Module) -> None:
 
 
 def test_nan_weight_or_input_fails_evaluation(tiny_classifier):
-    from rftlib.evaluation import evaluate
+    from rftlib.core.evaluation import evaluate
 
     x, y = _data()
     x_nan = x.clone()
@@ -691,8 +691,8 @@ def test_nan_weight_or_input_fails_evaluation(tiny_classifier):
 
 
 def test_nan_endpoint_is_caught_before_the_sweep_and_no_table_is_written(tiny_classifier, tmp_path):
-    from rftlib import results
-    from rftlib.wiseft import interpolation_sweep
+    from rftlib.book import results
+    from rftlib.core.sweep import interpolation_sweep
 
     theta_zs = {k: v.clone() for k, v in tiny_classifier.state_dict().items()}
     theta_ft = {k: v.clone() for k, v in theta_zs.items()}
@@ -725,7 +725,7 @@ def test_check_endpoints_names_architecture_and_class_mismatches(tiny_classifier
     ("nan-data", r"fine-tuning absurd: loss is nan at epoch 1, step 0"),
 ])
 def test_finetune_divergence_names_the_run_and_epoch(tiny_classifier, tmp_path, case, match):
-    from rftlib.finetune import Recipe, finetune
+    from rftlib.models.finetune import Recipe, finetune
 
     x, y = _data(32)
     if case == "nan-data":
@@ -746,7 +746,7 @@ def _nan_endpoints(model: torch.nn.Module) -> tuple[dict, dict]:
 
 
 def test_straggler_paths_with_a_nan_weight_raise(tiny_classifier):
-    from rftlib.stragglers import single_layer_paths
+    from rftlib.core.stragglers import single_layer_paths
 
     theta_zs, theta_ft = _nan_endpoints(tiny_classifier)
     with pytest.raises(NumericalError, match="not finite"):
@@ -755,9 +755,9 @@ def test_straggler_paths_with_a_nan_weight_raise(tiny_classifier):
 
 
 def test_nan_errors_name_the_split_alpha_and_layer(tiny_classifier):
-    from rftlib.evaluation import evaluate
-    from rftlib.stragglers import single_layer_paths
-    from rftlib.wiseft import interpolation_sweep
+    from rftlib.core.evaluation import evaluate
+    from rftlib.core.stragglers import single_layer_paths
+    from rftlib.core.sweep import interpolation_sweep
 
     theta_zs, theta_ft = _nan_endpoints(tiny_classifier)
     with pytest.raises(NumericalError, match=r"alpha=0\.5.*'id'|'id'.*alpha=0\.5"):
@@ -772,7 +772,7 @@ def test_nan_errors_name_the_split_alpha_and_layer(tiny_classifier):
 
 
 def test_layerwise_sharpness_with_a_nan_weight_raises(tiny_classifier):
-    from rftlib.sharpness import layerwise_sharpness
+    from rftlib.core.sharpness import layerwise_sharpness
 
     _poison(tiny_classifier)
     with pytest.raises(NumericalError, match=r"sharpness of layer '\w+': the loss at w .* is nan"):
@@ -780,7 +780,7 @@ def test_layerwise_sharpness_with_a_nan_weight_raises(tiny_classifier):
 
 
 def test_layerwise_sharpness_names_the_layer_holding_the_nan(tiny_classifier):
-    from rftlib.sharpness import layerwise_sharpness
+    from rftlib.core.sharpness import layerwise_sharpness
 
     _poison(tiny_classifier)
     with pytest.raises(NumericalError, match=r"block1|resblocks\.1"):
@@ -790,7 +790,7 @@ def test_layerwise_sharpness_names_the_layer_holding_the_nan(tiny_classifier):
 @pytest.mark.parametrize("column,bad", [("accuracy", float("nan")), ("loss", float("inf")), ("value", float("nan")),
                                         ("loss", None)])
 def test_write_table_refuses_non_finite_measurements(tmp_path, column, bad):
-    from rftlib import results
+    from rftlib.book import results
 
     df = pd.DataFrame({"world": "w", "run": ["a", "b", "c"], "alpha": [0.0, 0.5, 1.0], column: [0.1, 0.2, 0.3]})
     df[column] = df[column].astype(object)
@@ -805,7 +805,7 @@ def test_write_table_refuses_non_finite_measurements(tmp_path, column, bad):
 def test_write_table_lets_a_statistics_table_mark_an_untestable_value(tmp_path):
     """Claim-part tables (with a ``statistic`` column, like claims.csv) may hold value=NaN for a
     statistic that cannot be computed; measurements (accuracy, loss) may not."""
-    from rftlib import results
+    from rftlib.book import results
 
     parts = pd.DataFrame({"part": ["a", "b"], "statistic": ["share", "untestable with 2 runs (needs 3)"],
                           "value": [0.5, float("nan")], "verdict": ["supported", "mixed"]})
@@ -819,9 +819,9 @@ def test_write_table_lets_a_statistics_table_mark_an_untestable_value(tmp_path):
 
 
 def test_interpolation_sweep_tables_are_byte_identical(tiny_classifier, tmp_path):
-    from rftlib import results
-    from rftlib.interpolation import alpha_grid
-    from rftlib.wiseft import interpolation_sweep
+    from rftlib.book import results
+    from rftlib.core.interpolation import alpha_grid
+    from rftlib.core.sweep import interpolation_sweep
 
     def sweep(out: Path) -> bytes:
         model = copy.deepcopy(tiny_classifier)
@@ -838,7 +838,7 @@ def test_interpolation_sweep_tables_are_byte_identical(tiny_classifier, tmp_path
 
 
 def test_finetune_twice_gives_identical_safetensors(tiny_classifier, tmp_path):
-    from rftlib.finetune import Recipe, finetune
+    from rftlib.models.finetune import Recipe, finetune
 
     x, y = _data(64)
     recipe = Recipe(name="det", lr=1e-3, epochs=2, batch_size=16, warmup_steps=2, augment="strong", seed=4)
@@ -851,8 +851,8 @@ def test_finetune_twice_gives_identical_safetensors(tiny_classifier, tmp_path):
 @pytest.fixture(scope="module")
 def staged_again(staged_reference, tmp_path_factory):
     """The fixture step run again with the reference's parameters, through the runner, into another folder."""
-    from rftlib.params import parse_override
-    from rftlib.runner import run_notebook
+    from rftlib.book.params import parse_override
+    from rftlib.book.runner import run_notebook
 
     params = dict(parse_override(a) for a in STAGED_ARGS[1::2])
     return run_notebook(STAGED, params, tmp_path_factory.mktemp("again") / "staged")

@@ -1,4 +1,4 @@
-"""Tests of rftlib.results (result folders) and rftlib.figures (the shared plots)."""
+"""Tests of rftlib.book.results (result folders) and rftlib.book.figures (the shared plots)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from rftlib import figures, results
+from rftlib.book import figures, results
 from rftlib.errors import ParameterError
 
 

@@ -19,10 +19,10 @@ import pytest
 
 from rftlib import cli
 from rftlib.errors import ParameterError
-from rftlib.manifest import repo_root
-from rftlib.pipeline import run_pipeline
-from rftlib.params import load_param_file
-from rftlib.runner import NotebookExecutionError, ensure_kernel, notebook_content_hash, run_notebook
+from rftlib.files.manifest import repo_root
+from rftlib.book.pipeline import run_pipeline
+from rftlib.book.params import load_param_file
+from rftlib.book.runner import NotebookExecutionError, ensure_kernel, notebook_content_hash, run_notebook
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DUMMY = FIXTURES / "dummy.ipynb"

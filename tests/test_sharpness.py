@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rftlib.errors import NumericalError, ParameterError
-from rftlib.layers import layer_groups
-from rftlib.sharpness import (SharpnessResult, average_case_sharpness, layerwise_sharpness, project_ellipsoid,
+from rftlib.core.layers import layer_groups
+from rftlib.core.sharpness import (SharpnessResult, average_case_sharpness, layerwise_sharpness, project_ellipsoid,
                               relative_norm, sharpness, step_checkpoints, worst_case_sharpness)
 
 FAST = dict(n_iters=4, m=8, progress=False)

@@ -1,4 +1,4 @@
-"""Sparsity interventions, matched controls, sweeps and the failure-mode verdict (rftlib.sparsity)."""
+"""Sparsity interventions, matched controls, sweeps and the failure-mode verdict (rftlib.core.sparsity)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from rftlib.errors import ParameterError
-from rftlib.interpolation import Interpolator
-from rftlib.layers import layer_groups, resolve_layers
-from rftlib.models import build_classifier, create_clip
-from rftlib.sparsity import (control_layers, eligible_keys, failure_summary, intervene, magnitude_mask,
+from rftlib.core.interpolation import Interpolator
+from rftlib.core.layers import layer_groups, resolve_layers
+from rftlib.models.factory import build_classifier, create_clip
+from rftlib.core.sparsity import (control_layers, eligible_keys, failure_summary, intervene, magnitude_mask,
                              matched_counts, random_mask, rescued, sparsity_sweep, zero_counts)
 
 

@@ -1,4 +1,4 @@
-"""Tests of rftlib.stats: correlations, bootstrap intervals, grouped and combined analyses."""
+"""Tests of rftlib.core.stats: correlations, bootstrap intervals, grouped and combined analyses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from rftlib import stats
+from rftlib.core import stats
 from rftlib.errors import ParameterError
 
 

@@ -1,4 +1,4 @@
-"""Single-layer paths, shared prefix, barriers, controls and straggler ranking (rftlib.stragglers)."""
+"""Single-layer paths, shared prefix, barriers, controls and straggler ranking (rftlib.core.stragglers)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rftlib.errors import ParameterError
-from rftlib.evaluation import evaluate
-from rftlib.interpolation import Interpolator
-from rftlib.layers import layer_groups
-from rftlib.models import build_classifier, create_clip
-from rftlib.stragglers import (cumulative_groups, layer_barriers, random_direction,
+from rftlib.core.evaluation import evaluate
+from rftlib.core.interpolation import Interpolator
+from rftlib.core.layers import layer_groups
+from rftlib.models.factory import build_classifier, create_clip
+from rftlib.core.stragglers import (cumulative_groups, layer_barriers, random_direction,
                                rank_layers, ranking_agreement, single_layer_paths)
 
 TOL = 1e-6

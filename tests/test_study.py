@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from rftlib.errors import ParameterError
-from rftlib.findings import claim_p1
-from rftlib.layerstudy import claim_f4, select_runs
-from rftlib.study import load_grid
+from rftlib.steps.interpolate import claim_p1
+from rftlib.steps.layerwise import claim_f4, select_runs
+from rftlib.steps.common import load_grid
 
 
 def test_default_grid_has_lr_by_augmentation():
@@ -41,7 +41,7 @@ def test_p1_supported_when_every_part_holds():
     # barrier anti-correlated with gain, no-aug better, small lr better, some failures
     s = summary([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.03, 0.02, 0.01, 0.0, -0.01, -0.02],
                 [1e-4, 3e-4, 1e-3] * 2, ["none"] * 3 + ["strong"] * 3, [False, False, False, True, True, True])
-    claim, parts = claim_p1(s, "w", n_boot=200, write=False)
+    claim, parts = claim_p1(s, "w", n_boot=200)
     assert list(parts["verdict"]) == ["supported"] * 4
     assert claim.verdict == "supported" and claim.value < 0
 
@@ -49,7 +49,7 @@ def test_p1_supported_when_every_part_holds():
 def test_p1_not_supported_when_no_part_holds():
     s = summary([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [-0.02, -0.01, 0.0, 0.01, 0.02, 0.03],
                 [1e-4, 3e-4, 1e-3] * 2, ["none"] * 3 + ["strong"] * 3, [False] * 6)
-    claim, parts = claim_p1(s, "w", n_boot=200, write=False)
+    claim, parts = claim_p1(s, "w", n_boot=200)
     assert claim.verdict == "not supported", parts
 
 
@@ -69,9 +69,9 @@ def f4_summary(strag_gain, ctrl_gain, base_fail=True):
 
 
 def test_f4_rules():
-    c, _ = claim_f4(f4_summary([0.01, 0.02, 0.015], [-0.02, -0.03, -0.025]), "w", n_boot=200, write=False)
+    c, _ = claim_f4(f4_summary([0.01, 0.02, 0.015], [-0.02, -0.03, -0.025]), "w", n_boot=200)
     assert c.verdict == "supported"
-    c, _ = claim_f4(f4_summary([-0.01, -0.02, -0.015], [-0.02, -0.01, -0.025]), "w", n_boot=200, write=False)
+    c, _ = claim_f4(f4_summary([-0.01, -0.02, -0.015], [-0.02, -0.01, -0.025]), "w", n_boot=200)
     assert c.verdict == "not supported"
-    c, t = claim_f4(f4_summary([0.01] * 3, [0.0] * 3, base_fail=False), "w", n_boot=200, write=False)
+    c, t = claim_f4(f4_summary([0.01] * 3, [0.0] * 3, base_fail=False), "w", n_boot=200)
     assert c.verdict == "mixed" and t.empty and "untestable" in c.statistic

@@ -1,4 +1,4 @@
-"""Prompt templates, class names and wnid lists shipped as package data (rftlib.templates)."""
+"""Prompt templates, class names and wnid lists shipped as package data (rftlib.worlds.templates)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from rftlib import templates as T
+from rftlib.worlds import templates as T
 from rftlib.errors import ParameterError
 
 
@@ -94,7 +94,7 @@ def test_unknown_names_list_the_allowed_ones():
 
 
 def test_data_files_are_package_data():
-    # pyproject ships rftlib/templates/*.txt; every list read above must be one of those
+    # pyproject ships rftlib/worlds/templates/*.txt; every list read above must be one of those
     files = {p.name for p in T.DATA_DIR.glob("*.txt")}
     needed = set(T._TEMPLATE_FILES.values()) | set(T._CLASSNAME_FILES.values()) | set(T._WNID_FILES.values())
     needed = {n for n in needed if not n.startswith("open_clip:")}
@@ -102,7 +102,7 @@ def test_data_files_are_package_data():
 
 
 def test_zero_shot_head_builds_from_string_templates():
-    from rftlib.models import create_clip, zero_shot_weights
+    from rftlib.models.factory import create_clip, zero_shot_weights
 
     clip, tok = create_clip("rft-tiny", seed=0)
     w = zero_shot_weights(clip, tok, T.classnames("cifar10"), T.templates("cifar10")[:2])

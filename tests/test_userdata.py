@@ -1,4 +1,4 @@
-"""Paper-scale data sets on fake data written in the real formats (rftlib.paperdata)."""
+"""Paper-scale data sets on fake data written in the real formats (rftlib.worlds.paperdata)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rftlib import paperdata as P
+from rftlib.worlds import paperdata as P
 from rftlib.errors import DataNotFoundError, ParameterError
-from rftlib.evaluation import evaluate_split
-from rftlib.templates import class_indices, wnids
+from rftlib.core.evaluation import evaluate_split
+from rftlib.worlds.templates import class_indices, wnids
 
 WNIDS = wnids("imagenet")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rftlib.corpus import ClassNames, render_corpus, sample_captions
+from rftlib.worlds.corpus import ClassNames, render_corpus, sample_captions
 from rftlib.errors import CheckpointError, ParameterError
-from rftlib.evaluation import evaluate
-from rftlib.pretrain import pretrain_world
-from rftlib.worlds import available_worlds, load_world, WORLDS_DIR
+from rftlib.core.evaluation import evaluate
+from rftlib.worlds.pretrain import pretrain_world
+from rftlib.worlds.world import available_worlds, load_world, WORLDS_DIR
 
 
 def test_both_worlds_are_there():
@@ -82,7 +82,7 @@ def tiny_world(tmp_path):
 def test_pretraining_lowers_loss_and_resumes_exactly(tiny_world, tmp_path, monkeypatch):
     _, _, full = pretrain_world(tiny_world, tmp_path / "full", n_eval=50, progress=False, max_steps_per_epoch=4)
     assert full["loss"].iloc[-1] < full["loss"].iloc[0]
-    import rftlib.pretrain as pre
+    import rftlib.worlds.pretrain as pre
 
     real = pre.bar
     calls = {"n": 0}

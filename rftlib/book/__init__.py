@@ -1,0 +1,1 @@
+"""The book machinery: parameters, runner, pipelines, results, pages, figures."""

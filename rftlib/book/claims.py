@@ -1,0 +1,184 @@
+"""Claim rows on disk: each step writes its own ``claims.csv`` into its own results folder; the
+book's claims table concatenates them (:func:`read_claims` over a results root). No shared mutable
+file, no lock.
+
+The decision rules and the :class:`~rftlib.core.verdicts.Claim` row live in
+:mod:`rftlib.core.verdicts`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from rftlib.core.verdicts import CLAIM_IDS, CLAIM_TEXTS, COLUMNS, VERDICTS, Claim
+from rftlib.errors import ParameterError, RftError
+from rftlib.files.io import atomic_write_csv
+
+
+
+def _claims_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    from rftlib.files.manifest import repo_root  # lazy: keeps this module light
+
+    return repo_root() / p
+
+
+class ClaimsFileError(RftError):
+    """``claims.csv`` exists but is not a valid claims table (wrong columns or values)."""
+
+
+def _to_frame(rows: Claim | Mapping[str, Any] | pd.DataFrame | Iterable[Claim | Mapping[str, Any]]) -> pd.DataFrame:
+    if isinstance(rows, pd.DataFrame):
+        items: list[Any] = rows.to_dict("records")
+    elif isinstance(rows, (Claim, Mapping)):
+        items = [rows]
+    else:
+        items = list(rows)
+    claims = []
+    for it in items:
+        if isinstance(it, Claim):
+            claims.append(it)
+        elif isinstance(it, Mapping):
+            extra = sorted(set(it) - set(COLUMNS))
+            missing = [c for c in COLUMNS if c not in it]
+            if extra or missing:
+                raise ParameterError(f"claim row must have exactly the columns {list(COLUMNS)}; missing {missing}, extra {extra}.")
+            claims.append(Claim(**{c: it[c] for c in COLUMNS}))
+        else:
+            raise ParameterError(f"claim rows must be Claim objects or mappings; got {type(it).__name__}.")
+    return pd.DataFrame([c.to_row() for c in claims], columns=list(COLUMNS))
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    order = {c: i for i, c in enumerate(CLAIM_IDS)}
+    df = df.assign(_o=df["claim"].map(order)).sort_values(["_o", "world"], kind="stable")
+    return df.drop(columns="_o").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# each step's own file, and the book's concatenation
+# ----------------------------------------------------------------------------------------------
+
+def _read_one(p: Path) -> pd.DataFrame:
+    df = pd.read_csv(p, keep_default_na=False, na_values=["", "nan", "NaN"],
+                     dtype={"claim": str, "world": str, "statistic": str, "verdict": str})
+    if tuple(df.columns) != COLUMNS:
+        raise ClaimsFileError(f"{p} has columns {list(df.columns)}; claims.csv must have exactly {list(COLUMNS)}.")
+    try:
+        return _to_frame(df)
+    except ParameterError as e:
+        raise ClaimsFileError(f"{p} has an invalid row: {e}") from None
+
+
+def read_claims(path: str | os.PathLike = "book/results", missing_ok: bool = False) -> pd.DataFrame:
+    """Read and validate claim rows: one ``claims.csv``, or every ``<step>/claims.csv`` under a results root.
+
+    Returns an empty table with :data:`COLUMNS` when nothing is found and ``missing_ok``.
+
+    Raises:
+        FileNotFoundError: no claims file (unless ``missing_ok``).
+        ClaimsFileError: wrong columns, unknown claim ids or verdicts, a (claim, world) key written by
+            two steps.
+
+    Example:
+        >>> read_claims("/nonexistent/claims.csv", missing_ok=True).columns.tolist()
+        ['claim', 'world', 'statistic', 'value', 'ci_low', 'ci_high', 'p_value', 'verdict']
+    """
+    p = _claims_path(path)
+    files = sorted(p.glob("*/claims.csv")) if p.is_dir() else ([p] if p.is_file() else [])
+    if not files:
+        if missing_ok:
+            return pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "ci_low", "ci_high", "p_value") else object)
+                                 for c in COLUMNS})
+        raise FileNotFoundError(
+            f"{p.as_posix()} holds no claims.csv: run the steps that test the claims first (each writes its "
+            "rows into its own results folder with rftlib.book.claims.write_claims)."
+        )
+    parts = [(f, _read_one(f)) for f in files]
+    checked = pd.concat([d for _, d in parts], ignore_index=True)
+    dup = checked.duplicated(["claim", "world"])
+    if dup.any():
+        r = checked[dup].iloc[0]
+        owners = [f.parent.name for f, d in parts if ((d["claim"] == r["claim"]) & (d["world"] == r["world"])).any()]
+        raise ClaimsFileError(f"claim={r['claim']!r}, world={r['world']!r} is written by several steps: {owners}.")
+    return _sorted(checked)
+
+
+def write_claims(out_dir: str | os.PathLike,
+                 rows: Claim | Mapping[str, Any] | pd.DataFrame | Iterable[Claim | Mapping[str, Any]]) -> Path:
+    """Write a step's claim rows to ``<out_dir>/claims.csv`` (atomically; sorted by claim, then world).
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = write_claims(d, [Claim("F2", "w", "tau", 0.5, 0.2, 0.7, 0.01, "supported"),
+        ...                      Claim("F1", "w", "tau", 0.1, -0.2, 0.3, 0.5, "supported")])
+        >>> read_claims(Path(d) / "claims.csv")["claim"].tolist()
+        ['F1', 'F2']
+    """
+    new = _to_frame(rows)
+    dup = new.duplicated(["claim", "world"])
+    if dup.any():
+        r = new[dup].iloc[0]
+        raise ParameterError(f"rows contain (claim={r['claim']!r}, world={r['world']!r}) more than once.")
+    path = _claims_path(out_dir) / "claims.csv"
+    atomic_write_csv(path, _sorted(new)[list(COLUMNS)], float_format="%.6g")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the book's table
+# ----------------------------------------------------------------------------------------------
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    if math.isnan(f):
+        return "—"
+    return f"{f:.{digits}g}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def claims_table_markdown(df: pd.DataFrame, claim_texts: Mapping[str, str] = CLAIM_TEXTS, digits: int = 3) -> str:
+    """Render the claims table as Markdown: paper claim | our statistic | value | interval | verdict | world.
+
+    ``value`` shows the p-value beside it when there is one; the interval is ``[low, high]`` or ``—``.
+    Rows are ordered by claim (F1…P1), then world.
+
+    Example:
+        >>> df = pd.DataFrame([Claim("F1", "mini", "mean tau", 0.05, -0.3, 0.4, 0.61, "supported").to_row()])
+        >>> print(claims_table_markdown(df))
+        | paper claim | our statistic | value | interval | verdict | world |
+        |---|---|---|---|---|---|
+        | **F1** Whole-model sharpness is not a reliable predictor of the OOD accuracy of interpolated CLIP models | mean tau | 0.05 (p = 0.61) | [-0.3, 0.4] | supported | mini |
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ParameterError(f"df must be a pandas DataFrame (e.g. read_claims()); got {type(df).__name__}.")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
+    lines = ["| paper claim | our statistic | value | interval | verdict | world |", "|---|---|---|---|---|---|"]
+    if len(df):
+        df = _sorted(df.copy())
+    for r in df.itertuples(index=False):
+        text = claim_texts.get(r.claim, "")
+        claim = f"**{r.claim}** {text}".strip()
+        value = _fmt(r.value, digits)
+        if _fmt(r.p_value) != "—":
+            value += f" (p = {_fmt(r.p_value, 2)})"
+        lo, hi = _fmt(r.ci_low, digits), _fmt(r.ci_high, digits)
+        interval = "—" if lo == "—" or hi == "—" else f"[{lo}, {hi}]"
+        lines.append("| " + " | ".join(_cell(c) for c in (claim, r.statistic, value, interval, r.verdict, r.world)) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Book fragments generated from the result files: every number on a findings page comes from here.
+
+``render_pages()`` reads ``book/results/`` and writes Markdown fragments into ``book/_generated/``,
+which the hand-written pages pull in with ``{include}``. Nothing in the fragments is typed by hand:
+tables are rendered from the CSV files, sentences are filled from them, and verdicts come from
+``claims.csv``. ``rft book`` runs this before building.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from rftlib.book.claims import CLAIM_TEXTS, read_claims
+from rftlib.files.io import atomic_write_text
+from rftlib.files.manifest import repo_root
+
+GENERATED = "book/_generated"
+WORLDS = ("fashion", "digits", "digits-clean")
+
+
+def _root() -> Path:
+    return repo_root() / "book" / "results"
+
+
+def _read(step: str, name: str) -> pd.DataFrame | None:
+    p = _root() / step / f"{name}.csv"
+    return pd.read_csv(p) if p.is_file() else None
+
+
+def _fig(step: str, name: str, caption: str) -> str:
+    p = _root() / step / f"{name}.png"
+    if not p.is_file():
+        return f"*(figure `{step}/{name}.png` not produced yet: run step `{step}`)*\n\n"
+    return f"```{{figure}} /book/results/{step}/{name}.png\n:width: 100%\n\n{caption}\n```\n\n"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
+
+
+def _num(x: float, d: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}g}" if abs(x) < 1e-2 and x != 0 else f"{x:.{d}f}"
+
+
+def _table(df: pd.DataFrame, digits: int = 3) -> str:
+    d = df.copy()
+    for c in d.columns:
+        if pd.api.types.is_float_dtype(d[c]):
+            d[c] = d[c].map(lambda v: "" if pd.isna(v) else (f"{v:.{digits}g}" if 0 < abs(v) < 0.01 else f"{v:.{digits}f}"))
+    head = "| " + " | ".join(map(str, d.columns)) + " |\n|" + "---|" * len(d.columns) + "\n"
+    return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in d.itertuples(index=False))
+
+
+def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
+    if claims is None:
+        return "*not yet measured*"
+    r = claims[(claims["claim"] == claim) & (claims["world"] == world)]
+    if r.empty:
+        return "*not yet measured*"
+    r = r.iloc[0]
+    ci = "" if pd.isna(r["ci_low"]) else f", 95 % interval [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+    p = "" if pd.isna(r["p_value"]) else f", p = {_num(r['p_value'])}"
+    if "untestable" in str(r["statistic"]):
+        return f"**{r['verdict']}** — {r['statistic']}"
+    return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}"
+
+
+def claims_fragment(claims: pd.DataFrame | None) -> str:
+    if claims is None or claims.empty:
+        return "*No claims measured yet: run `rft pipeline notebooks/params/default.yaml`.*\n"
+    d = claims.copy()
+    d["paper claim"] = d["claim"].map(lambda c: f"{c}: {CLAIM_TEXTS.get(c, c)}")
+    d["interval"] = [("" if pd.isna(a) else f"[{_num(a)}, {_num(b)}]") for a, b in zip(d["ci_low"], d["ci_high"])]
+    d["value"] = d["value"].map(_num)
+    d["p"] = d["p_value"].map(lambda v: "" if pd.isna(v) else _num(v))
+    out = d[["paper claim", "statistic", "value", "interval", "p", "verdict", "world"]].rename(
+        columns={"statistic": "our statistic", "p": "p-value"})
+    html = out.to_html(index=False, table_id="claims-table", classes="rft-claims", border=0, escape=True)
+    return "```{raw} html\n" + html + "\n```\n"
+
+
+def p1_fragment(claims: pd.DataFrame | None) -> str:
+    parts = []
+    for w in WORLDS:
+        step = f"{w}-interpolate"
+        s = _read(step, "summary")
+        parts.append(f"## World `{w}`\n\n")
+        if s is None:
+            parts.append(f"*Not yet run: step `{step}`.*\n\n")
+            continue
+        n_fail, n_succ, n = int(s["failure_mode"].sum()), int(s["successful"].sum()), len(s)
+        parts.append(f"Of {n} fine-tuning runs, **{n_succ}** interpolate successfully (an interior α beats both "
+                     f"endpoints on mean OOD accuracy) and **{n_fail}** are in the failure mode (no interior α beats "
+                     f"the zero-shot model). Verdict on P1: {_verdict(claims, 'P1', w)}.\n\n")
+        cols = ["run", "lr", "augment", "acc_id_zs", "acc_ood_zs", "alpha_best", "acc_id_best", "acc_ood_best",
+                "acc_id_ft", "acc_ood_ft", "loss_barrier", "failure_mode"]
+        parts.append(_table(s[[c for c in cols if c in s]]) + "\n")
+        pp = _read(step, "p1_parts")
+        if pp is not None:
+            parts.append("The four parts of P1:\n\n" + _table(pp[["part", "statistic", "value", "ci_low", "ci_high", "verdict"]]) + "\n")
+        parts.append(_fig(step, "alpha_curves", f"World `{w}`: accuracy along α for every run (ID, mean OOD over the "
+                          "styles seen in pretraining, mean over the unseen styles). A curve whose mean-OOD line rises "
+                          "above both of its ends is a successful interpolation."))
+        parts.append(_fig(step, "id_ood_plane", f"World `{w}`: the WiSE-FT plane. Each run's path from θ_zs (α = 0) "
+                          "to θ_ft (α = 1); paths that bulge above the straight chord gain OOD accuracy by interpolating."))
+        parts.append(_fig(step, "barrier_vs_gain", f"World `{w}`: ID loss barrier against the OOD gain of the best "
+                          "interior α over the zero-shot model, one point per run."))
+    return "".join(parts)
+
+
+def sharpness_fragment(claims: pd.DataFrame | None, which: str) -> str:
+    parts = []
+    for w in WORLDS:
+        step = f"{w}-sharpness"
+        parts.append(f"## World `{w}`\n\n")
+        corr = _read(step, "correlations")
+        if corr is None:
+            parts.append(f"*Not yet run: step `{step}`.*\n\n")
+            continue
+        if which == "f1":
+            parts.append(f"Verdict on F1: {_verdict(claims, 'F1', w)}.\n\n")
+            parts.append(_fig(step, "sharpness_vs_alpha", f"World `{w}`: whole-model sharpness of θ(α) per run (left "
+                              "panels, one per ρ) and the mean OOD accuracy of the same models (right)."))
+            parts.append(_fig(step, "whole_vs_ood", f"World `{w}`: whole-model sharpness against mean OOD accuracy, "
+                              "every run and α."))
+        else:
+            parts.append(f"Verdict on F2: {_verdict(claims, 'F2', w)}.\n\nVerdict on F3: {_verdict(claims, 'F3', w)}.\n\n")
+            cols = ["layer", "rho", "mean", "ci_low", "ci_high", "n_pos", "n_neg", "stouffer_p", "n_runs_used"]
+            parts.append("Within-run Kendall τ between each layer's sharpness and mean OOD accuracy, combined "
+                         "across runs (mean τ, bootstrap interval over runs, runs with positive/negative τ, "
+                         "directional Stouffer p):\n\n" + _table(corr[[c for c in cols if c in corr]]) + "\n")
+            parts.append(_fig(step, "layer_correlations", f"World `{w}`: mean within-run τ per layer; red bars are "
+                              "straggler layers (and their summed sharpness)."))
+            parts.append(_fig(step, "layer_alpha_heatmap", f"World `{w}`: layer-wise sharpness, layer × α, per run."))
+    return "".join(parts)
+
+
+def f4_fragment(claims: pd.DataFrame | None) -> str:
+    parts = []
+    for w in WORLDS:
+        parts.append(f"## World `{w}`\n\n")
+        st = _read(f"{w}-stragglers", "stragglers")
+        if st is not None:
+            lst = "; ".join(f"`{r}`: {', '.join(g['layer'])}" for r, g in st.groupby("run", sort=False))
+            parts.append(f"Straggler layers (top {int(st['rank'].max())} by {st['by'].iloc[0]}): {lst}.\n\n")
+        parts.append(_fig(f"{w}-stragglers", "layer_barriers", f"World `{w}`: barrier and OOD drop of each single-layer path."))
+        parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w)}.\n\n")
+        if (_root() / f"{w}-sparsity" / "manifest.json").is_file() and _read(f"{w}-sparsity", "summary") is None:
+            parts.append("No run of this world is in the failure mode, so the sparsity step had nothing to rescue.\n\n")
+            continue
+        fp = _read(f"{w}-sparsity", "f4_parts")
+        if fp is not None and "run" in fp:
+            parts.append("Per failure-mode run and sparsity level p: OOD gain over the unmodified θ_zs with the "
+                         "stragglers or the control layers sparsified, and whether the run is rescued:\n\n" + _table(fp) + "\n")
+        parts.append(_fig(f"{w}-sparsity", "ood_vs_alpha", f"World `{w}`: mean OOD accuracy along α before (black) and "
+                          "after zeroing a fraction p of the straggler layers' weights or of a matched control set."))
+        sh = _read(f"{w}-sparsity", "sharpness")
+        if sh is not None:
+            t = sh.pivot_table(index=["run", "layer", "adaptive"], columns="sparse", values="value").reset_index()
+            t.columns = [str(c) if not isinstance(c, bool) else ("sparse" if c else "dense") for c in t.columns]
+            parts.append("Layer-wise average-case sharpness of the straggler layers at α = 0.5, dense vs sparse, "
+                         "adaptive and standard:\n\n" + _table(t, 4) + "\n")
+    return "".join(parts)
+
+
+def worlds_fragment() -> str:
+    """Per world: pretraining cost and zero-shot accuracy per split, from the shipped manifests."""
+    import json
+
+    cols: dict[str, dict[str, str]] = {}
+    notes = []
+    for w in WORLDS:
+        p = repo_root() / "worlds" / w / "manifest.json"
+        if not p.is_file():
+            notes.append(f"*World `{w}` has no shipped checkpoint yet.*\n\n")
+            continue
+        m = json.loads(p.read_text())
+        hist = pd.DataFrame(m["history"])
+        col = {"pretraining epochs": str(len(hist)),
+               "median seconds per epoch": f"{hist['seconds_train'].median():.0f}",
+               "pretraining minutes (sum of epochs)": f"{m['pretrain_seconds'] / 60:.1f}",
+               "checkpoint size (MB)": f"{m['size_bytes'] / 2**20:.1f}",
+               "images per split": str(m.get("zeroshot_n_eval", ""))}
+        col.update({f"zero-shot accuracy: {k}": _pct(v) for k, v in m["zeroshot_accuracy"].items()})
+        cols[w] = col
+    parts = []
+    if cols:
+        t = pd.DataFrame(cols).fillna("—").reset_index().rename(columns={"index": ""})
+        parts.append("The shipped checkpoints, read from `worlds/<name>/manifest.json` (accuracy on held-out "
+                     "images; times measured while pretraining on this project's 2-core machine, which other jobs were sharing "
+                     "at the time, so read them as upper bounds):\n\n" + _table(t) + "\n")
+    parts += notes
+    for w in WORLDS:
+        parts.append(_fig(f"{w}-zeroshot", "pretrain_history", f"World `{w}`: contrastive loss and zero-shot accuracy during pretraining."))
+    return "".join(parts)
+
+
+def intro_fragment(claims: pd.DataFrame | None) -> str:
+    """The one figure of the introduction, and the verdicts in one line per world."""
+    out = [_fig("fashion-interpolate", "id_ood_plane", "The question in one picture (world `fashion`): each line is one "
+                "fine-tuning run, traced from the zero-shot model (α = 0) to the fine-tuned model (α = 1). Paths that "
+                "bulge above their endpoints gain OOD accuracy by interpolating; paths that only fall are in the "
+                "failure mode. Which property of the models tells them apart?")]
+    if claims is not None:
+        for w in WORLDS:
+            sub = claims[claims["world"] == w]
+            if len(sub):
+                out.append(f"**World `{w}`:** " + "; ".join(f"{r.claim} {r.verdict}" for r in sub.itertuples()) + ".\n\n")
+    return "".join(out)
+
+
+def _budget_sentence(t: pd.DataFrame, budget_min: float = 15.0) -> str:
+    """Whether the two main worlds fit the project's 15-minute goal, and which steps cost most."""
+    main = t[t["step"].str.startswith(("fashion-", "digits-")) & ~t["step"].str.startswith("digits-clean-")]
+    minutes = main["seconds"].sum() / 60
+    kind = main.assign(kind=main["step"].str.split("-").str[-1]).groupby("kind")["seconds"].sum().sort_values(ascending=False)
+    top = ", ".join(f"{k} ({v / 60:.1f} min)" for k, v in kind.head(3).items())
+    verdict = "within" if minutes <= budget_min else "over"
+    return (f"The two main worlds took {minutes:.1f} minutes, {verdict} the project's goal of {budget_min:.0f} minutes "
+            f"on a 2-core CPU; the costliest steps were {top}.")
+
+
+def reproduce_fragment() -> str:
+    """Measured cost of each pipeline step, of pretraining, and the prefix-caching benchmark."""
+    import json
+
+    parts = []
+    t = _read("pipeline", "timings")
+    if t is not None and len(t):
+        t = t.copy()
+        t["minutes"] = (t["seconds"] / 60).round(2)
+        total = t["seconds"].sum() / 60
+        parts.append("Wall time of each step of the last full pipeline run on this project's machine (2 CPU cores, "
+                     "shared with other jobs during part of the run, so read the times as upper bounds; "
+                     f"`book/results/pipeline/timings.csv`); {total:.1f} minutes in all, plus the book build. "
+                     + _budget_sentence(t) + "\n\n"
+                     + _table(t[["step", "minutes"]], 2) + "\n")
+    else:
+        parts.append("*No pipeline timings yet (`book/results/pipeline/timings.csv`).*\n\n")
+    rows = []
+    for w in WORLDS:
+        p = repo_root() / "worlds" / w / "manifest.json"
+        if p.is_file():
+            m = json.loads(p.read_text())
+            rows.append({"world": w, "epochs": len(m["history"]), "minutes": round(m["pretrain_seconds"] / 60, 1)})
+    if rows:
+        parts.append("Re-creating a world's zero-shot checkpoint from scratch (`recreate=true`; not part of the default "
+                     "run, which uses the shipped checkpoints) took, measured while pretraining here:\n\n"
+                     + _table(pd.DataFrame(rows), 1) + "\n")
+    b = repo_root() / "book" / "results" / "benchmarks" / "prefix.json"
+    if b.is_file():
+        data = json.loads(b.read_text())
+        res = pd.DataFrame(data.get("results", []))
+        keep = [c for c in res.columns if c in ("model", "arch", "batch", "image_size", "n_iters")
+                or "ratio" in c or "speedup" in c or c.endswith("_s")]
+        if len(res) and keep:
+            parts.append("Prefix caching for layer-wise sharpness (`benchmarks/bench_prefix.py`, a sweep over every "
+                         "block measured side by side in one run; seconds and speed-up ratios):\n\n" + _table(res[keep], 2) + "\n")
+    return "".join(parts)
+
+
+def render_pages(out: str | Path = GENERATED) -> list[Path]:
+    """Write every fragment; returns their paths."""
+    folder = repo_root() / out
+    claims = read_claims(missing_ok=True)
+    claims = None if claims is None or claims.empty else claims
+    frags = {"claims_table.md": claims_fragment(claims), "p1.md": p1_fragment(claims),
+             "f1.md": sharpness_fragment(claims, "f1"), "f2_f3.md": sharpness_fragment(claims, "f2"),
+             "f4.md": f4_fragment(claims), "worlds.md": worlds_fragment(), "intro.md": intro_fragment(claims), "reproduce.md": reproduce_fragment()}
+    paths = []
+    for name, text in frags.items():
+        p = folder / name
+        atomic_write_text(p, text)
+        paths.append(p)
+    return paths

@@ -1,0 +1,1 @@
+"""Pure tensor math: no I/O, no repository paths."""

@@ -1,0 +1,1 @@
+"""Files: atomic writes, repository paths, run manifests."""

@@ -1,0 +1,1 @@
+"""Models: the factory, safe checkpoints, fine-tuning, devices."""

@@ -1,0 +1,144 @@
+"""Safe checkpoint files: safetensors preferred, ``.pt`` only through ``torch.load(weights_only=True)``.
+
+A checkpoint here is a flat state dict ``{key: tensor}``. Nothing is ever unpickled beyond what
+``weights_only`` allows, truncated or corrupt files raise :class:`~rftlib.errors.CheckpointError`
+that names the file and the fix, and writes are atomic.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> save_state_dict(p, {"w": torch.ones(2)}, metadata={"world": "demo"})
+    >>> load_state_dict(p)["w"].tolist()
+    [1.0, 1.0]
+    >>> read_metadata(p)["world"]
+    'demo'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from rftlib.errors import CheckpointError
+from rftlib.files.io import atomic_path, sha256
+
+SAFE_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def verify_sha256(path: str | os.PathLike, expected: str, where: str | None = None) -> None:
+    """Raise :class:`CheckpointError` unless the file's SHA-256 equals ``expected``.
+
+    ``where`` (e.g. ``"world 'digits'"``) is added to the message after the two hashes.
+    """
+    got = sha256(path)
+    if got != expected:
+        raise CheckpointError(
+            f"checksum mismatch for {Path(path).name}: expected sha256 {expected}, got {got}"
+            + (f" ({where})" if where else "") + ". "
+            "The file is corrupt or was replaced; restore it with `git checkout -- <file>` "
+            "or re-create it (see the book's reproduce page)."
+        )
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path.name} does not hold a state dict of tensors (found {type(obj).__name__}); "
+            "save one with rftlib.models.checkpoints.save_state_dict(path, model.state_dict())."
+        )
+    # strip DistributedDataParallel / torch.compile prefixes
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a weights-only ``.pt``/``.pth``/``.bin``.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt or unsafe (pickled code) files.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}. Check the path (relative paths start at the repository root).")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {p.name} is empty (0 bytes): the file was truncated; restore or re-create it.")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device=str(device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {p.name} is not a readable safetensors file ({e}); it is truncated or corrupt. "
+                "Restore it or re-create it."
+            ) from e
+    if p.suffix in TORCH_SUFFIXES:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                raise CheckpointError(
+                    f"{p.name} is a TorchScript archive (like OpenAI's original CLIP files). rftlib does not "
+                    "execute TorchScript from untrusted files; convert it once where you trust it with "
+                    "`python -m rftlib.models.convert_openai IN.pt OUT.safetensors`."
+                )
+        try:
+            obj = torch.load(p, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refusing to load {p.name}: it contains pickled objects beyond tensors, which "
+                f"torch.load(weights_only=True) rejects ({str(e).splitlines()[0]}). Save a plain state dict "
+                "(or .safetensors) instead."
+            ) from e
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"checkpoint {p.name} is truncated or corrupt ({e}); restore or re-create it.") from e
+        return _unwrap(obj, p)
+    raise CheckpointError(
+        f"unknown checkpoint format {p.suffix!r} for {p.name}: use .safetensors (preferred) or .pt/.pth/.bin."
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored in a safetensors header (empty for other formats)."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"cannot read the header of {p.name} ({e}); the file is corrupt.") from e
+
+
+def save_state_dict(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, object] | None = None,
+) -> None:
+    """Save a state dict as safetensors, atomically; tensors are made contiguous and moved to the CPU."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise CheckpointError(f"save checkpoints as .safetensors, not {p.suffix!r} ({p.name}).")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

@@ -1,0 +1,1 @@
+"""Study steps: one module per notebook."""

@@ -1,0 +1,1 @@
+"""Worlds: the miniature worlds and paper settings, their data and pretraining."""

