@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from rftlib.core.precision import forward_logits, resolve_precision
 from rftlib.errors import NumericalError, ParameterError
 from rftlib.progress import bar
 
@@ -80,22 +81,33 @@ def class_subset_projection(model: nn.Module, split: Split):
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, batch_size: int = 1000,
-                   device: torch.device | str | None = None, name: str | None = None) -> dict[str, float]:
+                   device: torch.device | str | None = None, name: str | None = None,
+                   precision: str = "fp32") -> dict[str, float]:
     """``{"accuracy", "loss", "n"}`` of ``model`` on one split (mean cross-entropy in nats).
 
     ``name``: the split's name, used in error messages. A split with an ``eval_class_subset`` is
-    scored on those classes (:func:`class_subset_projection`).
+    scored on those classes (:func:`class_subset_projection`). ``precision``: the forward's precision,
+    ``"fp32"`` (default), ``"bf16"`` (autocast; loss and accuracy still in float32) or ``"auto"``
+    (:func:`rftlib.core.precision.resolve_precision`).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> x, y = torch.randn(6, 1, 2, 2), torch.randint(0, 3, (6,))
+        >>> a, b = evaluate_split(net, (x, y)), evaluate_split(net, (x, y), precision="bf16")
+        >>> a["n"], abs(a["loss"] - b["loss"]) < 0.05
+        (6, True)
 
     Raises:
         NumericalError: the loss is NaN or infinite (the message names the split).
     """
     device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     subset = class_subset_projection(model, split)
     for xb, yb in iterate_batches(split, batch_size, device):
-        logits = model(xb).float()
+        logits = forward_logits(model, xb, precision, device)
         if subset is not None:
             logits, yb = subset.project(logits), subset.map_labels(yb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
@@ -113,11 +125,15 @@ def evaluate_split(model: nn.Module, split: Split, batch_size: int = 1000,
 
 def evaluate(model: nn.Module, splits: Mapping[str, Split], batch_size: int = 1000,
              device: torch.device | str | None = None, progress: bool = True,
-             desc: str = "evaluate") -> list[dict]:
-    """One row ``{"split", "accuracy", "loss", "n"}`` per named split."""
+             desc: str = "evaluate", precision: str = "fp32") -> list[dict]:
+    """One row ``{"split", "accuracy", "loss", "n"}`` per named split (``precision``: see
+    :func:`evaluate_split`)."""
     if not splits:
         raise ParameterError("no splits to evaluate.")
+    device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     rows = []
     for name in bar(list(splits), desc=desc, disable=not progress, unit="split"):
-        rows.append({"split": name, **evaluate_split(model, splits[name], batch_size, device, name=name)})
+        rows.append({"split": name, **evaluate_split(model, splits[name], batch_size, device, name=name,
+                                                     precision=precision)})
     return rows

@@ -229,7 +229,8 @@ def _as_batches(data, batch_size: int, device: torch.device):
 
 @torch.no_grad()
 def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str], alphas: Sequence[float],
-                      hold: str = "ft", batch_size: int = 1000, progress: bool = True) -> list[dict]:
+                      hold: str = "ft", batch_size: int = 1000, progress: bool = True,
+                      precision: str = "fp32") -> list[dict]:
     """Loss and accuracy of θ(α) with only ``keys`` interpolated, for every α, sharing the prefix.
 
     With one layer moving and every other layer held at one endpoint, the stages before that layer
@@ -247,6 +248,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
         hold: endpoint of every other key, ``"ft"`` or ``"zs"``.
         batch_size: examples per forward pass (for ``(x, y)`` and datasets).
         progress: show a progress bar over batches.
+        precision: the forwards' precision (prefix and suffix), ``"fp32"`` (default), ``"bf16"`` or
+            ``"auto"`` (:mod:`rftlib.core.precision`); loss and accuracy are computed in float32.
 
     Returns:
         One row ``{"alpha", "loss", "accuracy", "n"}`` per α, in the order given.
@@ -265,6 +268,7 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
         ([0.0, 1.0], 6)
     """
     from rftlib.core.interpolation import check_alpha
+    from rftlib.core.precision import forward_logits, precision_autocast, resolve_precision
 
     alphas = [check_alpha(a) for a in alphas]
     if not alphas:
@@ -276,6 +280,7 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
         raise ParameterError(f"keys not in the model: {unknown[:3]}; use state-dict keys "
                              "(see rftlib.core.layers.layer_groups).")
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     interpolator.set_alpha(alphas[0], keys=keys, hold=hold)  # everything else at `hold`
     targets = {k: (own[k].data if isinstance(own[k], nn.Parameter) else own[k]) for k in keys}
     suffix = SuffixModel(model, stage_of_keys(model, keys))
@@ -290,7 +295,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     try:
         batches = _as_batches(data, batch_size, device)
         for xb, yb in bar(batches, desc="alpha sweep", disable=not progress, unit="batch"):
-            h = suffix.prefix(xb)
+            with precision_autocast(precision, device):
+                h = suffix.prefix(xb)
             if subset is not None:
                 yb = subset.map_labels(yb)
             for j, a in enumerate(alphas):
@@ -300,7 +306,7 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
                         torch.lerp(zs, ft, a, out=targets[k])
                     else:
                         targets[k].copy_(ft if a >= 0.5 else zs)
-                logits = suffix(h).float()
+                logits = forward_logits(suffix, h, precision, device)
                 if subset is not None:
                     logits = subset.project(logits)
                 loss_sum[j] += F.cross_entropy(logits, yb, reduction="sum").item()

@@ -57,6 +57,7 @@ from rftlib.errors import NumericalError, ParameterError
 from rftlib.core.evaluation import Split, evaluate_split
 from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible
 from rftlib.core.layers import layer_groups, resolve_layers
+from rftlib.core.precision import resolve_precision
 from rftlib.core.prefix import layer_alpha_sweep
 from rftlib.progress import bar
 
@@ -168,19 +169,22 @@ def random_direction(theta_zs: Mapping[str, torch.Tensor], theta_ft: Mapping[str
 @torch.no_grad()
 def _run_path(model: nn.Module, interp: Interpolator, moving: Sequence[str], hold: str,
               alphas: Sequence[float], splits: Mapping[str, Split], batch_size: int,
-              device: torch.device | str, shared_prefix: bool, layer: str = "?") -> dict[tuple[float, str], dict]:
+              device: torch.device | str, shared_prefix: bool, layer: str = "?",
+              precision: str = "fp32") -> dict[tuple[float, str], dict]:
     """``{(alpha, split): {"accuracy", "loss", "n"}}`` for one path, α-major.
 
     ``shared_prefix``: :func:`rftlib.core.prefix.layer_alpha_sweep` (the input of the first stage owning a
     moving key is computed once per batch, only the suffix runs per α). Otherwise the naive route:
     :meth:`Interpolator.set_alpha` and a full :func:`~rftlib.core.evaluation.evaluate_split` per α.
     A non-finite loss raises :class:`NumericalError` naming ``layer``, the hold, α and the split.
+    ``precision``: the forwards' precision (already resolved: ``"fp32"`` or ``"bf16"``).
     """
     out: dict[tuple[float, str], dict] = {}
     if shared_prefix:
         for s, split in splits.items():
             try:
-                swept = layer_alpha_sweep(model, interp, split, moving, alphas, hold, batch_size, progress=False)
+                swept = layer_alpha_sweep(model, interp, split, moving, alphas, hold, batch_size, progress=False,
+                                          precision=precision)
             except NumericalError as e:  # its message names the alpha
                 raise NumericalError(f"single-layer path layer={layer!r}, hold={hold!r}, split={s!r}: {e}") from e
             for r in swept:
@@ -190,10 +194,27 @@ def _run_path(model: nn.Module, interp: Interpolator, moving: Sequence[str], hol
             interp.set_alpha(a, keys=moving, hold=hold)
             for s, split in splits.items():
                 try:
-                    out[(a, s)] = evaluate_split(model, split, batch_size, device, name=s)
+                    out[(a, s)] = evaluate_split(model, split, batch_size, device, name=s, precision=precision)
                 except NumericalError as e:  # its message names the split
                     raise NumericalError(f"single-layer path layer={layer!r}, hold={hold!r}, alpha={a}: {e}") from e
     return {(a, s): out[(a, s)] for a in alphas for s in splits}
+
+
+def _endpoint_alphas(alphas: Sequence[float], hold: str, direction: str) -> dict[float, float]:
+    """α on a single-layer path → the full-path α whose weights it has exactly, bit for bit.
+
+    ``torch.lerp`` is exact at its ends, so with every other layer held at θ_ft, α = 1 of a task path
+    *is* θ_ft (the full path's α = 1); with every other layer held at θ_zs, α = 0 of any path is θ_zs.
+
+    Example:
+        >>> _endpoint_alphas([0.0, 0.5, 1.0], "ft", "task"), _endpoint_alphas([0.0, 1.0], "zs", "random")
+        ({1.0: 1.0}, {0.0: 0.0})
+    """
+    if hold == "ft" and direction == "task":
+        return {1.0: 1.0} if 1.0 in alphas else {}
+    if hold == "zs":
+        return {0.0: 0.0} if 0.0 in alphas else {}
+    return {}
 
 
 def _finite(loss: float, where: str) -> None:
@@ -216,9 +237,11 @@ def single_layer_paths(
     cumulative: bool = False,
     include_full: bool = True,
     shared_prefix: bool = True,
+    reuse_endpoints: bool = True,
     batch_size: int = 1000,
     device: torch.device | str | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Accuracy and loss along every single-layer path (and the full path, layer ``"all"``).
 
@@ -240,6 +263,12 @@ def single_layer_paths(
         device: where batches go; defaults to (and should be) the model's device.
         shared_prefix: compute the fixed prefix once per batch (:mod:`rftlib.core.prefix`); off = full
             forward per α (same numbers, slower).
+        reuse_endpoints: with ``include_full``, take the points of a single-layer path whose weights
+            are exactly a full-model endpoint (α = 1 of a task path held at θ_ft, α = 0 of a path held
+            at θ_zs) from the full path instead of evaluating them again (same numbers: the full path
+            and the prefix route compute the same function on the same batches).
+        precision: the forwards' precision, ``"fp32"`` (default), ``"bf16"`` or ``"auto"``
+            (:mod:`rftlib.core.precision`; losses and accuracies in float32).
 
     Returns:
         Tidy rows ``{"layer", "group", "hold", "direction", "alpha", "split", "accuracy", "loss",
@@ -259,6 +288,7 @@ def single_layer_paths(
         groups = cumulative_groups(groups)
     group_label = "cumulative" if cumulative else "single"
     device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
 
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
@@ -273,11 +303,13 @@ def single_layer_paths(
                          "split": s, "accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]})
 
     jobs = [(h, i, name) for h in holds for i, name in enumerate(groups)]
+    full: dict[tuple[float, str], dict] = {}
     try:
         if include_full:
             full_alphas = sorted(set(alphas) | {0.0, 1.0})
-            res = _run_path(model, interp, interp.keys, "ft", full_alphas, splits, batch_size, device, False, FULL)
-            emit(res, FULL, "full", "none", "task")
+            full = _run_path(model, interp, interp.keys, "ft", full_alphas, splits, batch_size, device, False, FULL,
+                             precision)
+            emit(full, FULL, "full", "none", "task")
         for h, i, name in bar(jobs, desc="single-layer paths", disable=not progress, unit="path"):
             keys = groups[name]
             saved = {}
@@ -286,11 +318,15 @@ def single_layer_paths(
                 saved = {k: interp.theta_ft[k] for k in d}
                 for k, v in d.items():
                     interp.theta_ft[k] = interp.theta_zs[k] + v
+            known = _endpoint_alphas(alphas, h, direction) if (reuse_endpoints and full) else {}
+            todo = [a for a in alphas if a not in known]
             try:
-                res = _run_path(model, interp, keys, h, alphas, splits, batch_size, device, shared_prefix, name)
+                res = _run_path(model, interp, keys, h, todo, splits, batch_size, device, shared_prefix, name,
+                                precision) if todo else {}
             finally:
                 interp.theta_ft.update(saved)
-            emit(res, name, group_label, h, direction)
+            res |= {(a, s): dict(full[(b, s)]) for a, b in known.items() for s in splits}
+            emit({(a, s): res[(a, s)] for a in alphas for s in splits}, name, group_label, h, direction)
     finally:
         with torch.no_grad():
             own = model.state_dict(keep_vars=True)

@@ -10,6 +10,11 @@ Precision policy (``algorithms.md``, speed idea 6):
   logits without change);
 - **backward passes run outside autocast** (PyTorch's advice); their ops use the dtypes autocast
   chose in the forward;
+- **evaluation sweeps take a measured precision** (``precision="fp32" | "bf16" | "auto"``, default
+  ``"fp32"``): :mod:`rftlib.core.precision` (re-exported here: :func:`precision_autocast`,
+  :func:`resolve_precision`) runs the forward in bf16 autocast on the CPU or CUDA when asked, or for
+  ``"auto"`` when a short probe measures it faster on this machine, and always computes loss and
+  accuracy in float32;
 - **sharpness runs in float32, without autocast and without TF32**: an ℓ∞ adaptive budget of
   ρ = 5e-4 moves each weight by at most 0.05 % of its value, less than bfloat16's rounding step
   (2⁻⁸ ≈ 0.4 %) and about one TF32 step (2⁻¹¹ ≈ 0.05 %), so in reduced precision the perturbation is
@@ -38,6 +43,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from rftlib.core.precision import PRECISIONS, check_precision, precision_autocast, resolve_precision
 from rftlib.errors import ParameterError
 
 __all__ = [
@@ -51,6 +57,10 @@ __all__ = [
     "memory_aware_batch_size",
     "device_summary",
     "synchronize",
+    "PRECISIONS",
+    "check_precision",
+    "precision_autocast",
+    "resolve_precision",
 ]
 
 REQUESTS = ("auto", "cpu", "cuda", "mps")
