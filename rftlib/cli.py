@@ -51,23 +51,23 @@ def _echo(msg: str) -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from rftlib.book.params import apply_overrides, load_param_file, resolve_path
-    from rftlib.book.runner import default_out_dir, run_notebook
+    from rftlib.book.runner import DEFAULT_TIMEOUT, check_timeout, run_notebook
 
+    timeout = check_timeout(a.timeout)
     nb = resolve_path(a.notebook, kind="notebook")
     params: dict = {}
-    name, inputs, check, timeout = None, {}, None, a.timeout
+    name, inputs, check = None, {}, None
     if a.params:
         pf = load_param_file(a.params)
         step = pf.step_for(nb, a.step)
         params = pf.parameters_for(step)
         name = step.name if pf.is_pipeline else None
         inputs, check = step.inputs, step.validate
-        timeout = timeout or step.timeout
+        timeout = timeout or check_timeout(step.timeout, where=f"{a.params}: step {step.name}: 'timeout'")
     elif a.step:
         raise ParameterError("--step needs --params NAME (the step of a pipeline file)")
     params = apply_overrides(params, a.set or [])
-    out = Path(a.out) if a.out else default_out_dir(nb, name)
-    r = run_notebook(nb, params, out, kernel_name=a.kernel, timeout=timeout or 3600.0, force=a.force,
+    r = run_notebook(nb, params, a.out, kernel_name=a.kernel, timeout=timeout or DEFAULT_TIMEOUT, force=a.force,
                      inputs=inputs, extra_checks=check, name=name, log=_echo)
     print(r.notebook)
     return EXIT_OK
@@ -76,8 +76,12 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from rftlib.book.params import load_param_file
     from rftlib.book.pipeline import run_pipeline, select_steps
+    from rftlib.book.runner import check_timeout
 
+    check_timeout(a.timeout)
     pf = load_param_file(a.paramfile)
+    for s in pf.steps:
+        check_timeout(s.timeout, where=f"{a.paramfile}: step {s.name}: 'timeout'")
     if a.list:
         for s in select_steps(pf, a.only, a.from_step):
             print(f"{s.name}\t{s.notebook}")

@@ -221,6 +221,7 @@ def test_claim_texts_cover_all_ids():
 
 
 def test_relative_claims_path_is_taken_from_the_repo_root(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").touch()  # a checkout: RFT_REPO_ROOT must name one
     monkeypatch.setenv("RFT_REPO_ROOT", str(tmp_path))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")

@@ -166,6 +166,7 @@ def test_step_may_be_a_folder_and_relative_roots_use_the_repo_root(tmp_path, mon
     assert results.read_table(str(out), "acc").shape == (2, 7)
     with pytest.raises(results.MissingResultError, match="run step 'curves' first"):
         results.read_table(out, "nope")
+    (tmp_path / "pyproject.toml").touch()  # a checkout: RFT_REPO_ROOT must name one
     monkeypatch.setenv("RFT_REPO_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path / "results")
     assert results.results_dir("curves") == tmp_path / "book" / "results" / "curves"

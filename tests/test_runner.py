@@ -133,8 +133,12 @@ def test_failing_notebook_names_cell_and_keeps_good_outputs(tmp_path):
     with pytest.raises(NotebookExecutionError) as e:
         run_notebook(DUMMY, {"alpha": 0.9, "fail": True}, out)
     msg = str(e.value)
-    assert "failed in cell 2" in msg and "RuntimeError: deliberate failure for alpha=0.9" in msg
-    assert e.value.cell_index == 2 and e.value.ename == "RuntimeError"
+    # cells are numbered from 1 as in the user's notebook (a markdown cell, the parameters, then the
+    # failing cell); papermill's injected-parameters cell counts neither in the number nor in [In N]
+    assert "failed in cell 3 [In 2]" in msg and "RuntimeError: deliberate failure for alpha=0.9" in msg
+    assert e.value.cell_index == 2 and e.value.cell_number == 3 and e.value.ename == "RuntimeError"
+    source_cells = nbformat.read(str(DUMMY), as_version=4).cells
+    assert "raise RuntimeError" in source_cells[e.value.cell_number - 1].source
     assert e.value.failed_notebook == out / "dummy.failed.ipynb"
     assert "deliberate failure" in json.dumps(nbformat.read(str(e.value.failed_notebook), as_version=4))
     # previous successful outputs untouched, nothing left behind
@@ -150,7 +154,7 @@ def test_failing_notebook_names_cell_and_keeps_good_outputs(tmp_path):
 
 
 def test_timeout_names_the_cell(tmp_path):
-    with pytest.raises(NotebookExecutionError, match=r"cell 2 .*longer than the timeout of 1 s"):
+    with pytest.raises(NotebookExecutionError, match=r"cell 3 .*longer than the timeout of 1 s"):
         run_notebook(DUMMY, {"sleep": 30.0}, tmp_path / "t", timeout=1)
 
 

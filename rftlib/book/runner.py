@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from rftlib.errors import RftError
+from rftlib.errors import ParameterError, RftError
 from rftlib.files.manifest import (
     build_manifest,
     hash_input,
@@ -70,7 +71,7 @@ RESULTS_DIR = Path("book") / "results"
 OUT_DIR_PARAM = "out_dir"
 DEFAULT_TIMEOUT = 3600.0
 #: Manifest keys that decide whether a cached run can be reused.
-CACHE_KEYS = ("parameters", "notebook_sha256", "input_sha256")
+CACHE_KEYS = ("parameters", "notebook_sha256", "input_sha256", "environment_sha256")
 
 
 class NotebookExecutionError(RftError):
@@ -79,7 +80,8 @@ class NotebookExecutionError(RftError):
     def __init__(self, message: str, *, cell_index: int | None = None, ename: str = "", evalue: str = "",
                  failed_notebook: Path | None = None) -> None:
         super().__init__(message)
-        self.cell_index = cell_index
+        self.cell_index = cell_index  # 0-based index in the source notebook
+        self.cell_number = cell_index + 1 if cell_index is not None else None  # as the message says
         self.ename = ename
         self.evalue = evalue
         self.failed_notebook = failed_notebook
@@ -249,6 +251,21 @@ def _source_index(executed: Path, exec_index: int | None) -> int | None:
     return sum(1 for c in cells[:exec_index] if not extra & set(c.get("metadata", {}).get("tags", [])))
 
 
+def _source_count(executed: Path, count: int) -> int:
+    """An execution count ``[In N]`` of the executed notebook as the user's notebook would have
+    it: without papermill's injected cells that ran before it."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(str(executed), as_version=4).cells
+    except Exception:  # noqa: BLE001
+        return count
+    extra = {"injected-parameters", "papermill-error-cell-tag"}
+    before = [c for c in cells if extra & set(c.get("metadata", {}).get("tags", []))
+              and isinstance(c.get("execution_count"), int) and c["execution_count"] < count]
+    return count - len(before)
+
+
 #: Tags of the cells papermill adds to an executed notebook, and the fixed cell id each gets.
 PAPERMILL_CELL_IDS = {"injected-parameters": "injected-parameters", "papermill-error-cell-tag": "papermill-error-cell"}
 
@@ -268,7 +285,8 @@ def _fixed_cell_ids(cells: Sequence[Any]) -> None:
         c["id"] = new
 
 
-def _normalise_executed(path: Path, source: str, executed: str) -> None:
+def _normalise_executed(path: Path, source: str, executed: str, stage: Path | None = None,
+                        out: Path | None = None) -> None:
     """Make an executed notebook host-independent and byte-stable across equal runs: record
     repository-relative paths, drop papermill's and nbclient's timestamps and durations, and give
     the cells papermill added (injected parameters, error cells) fixed ids instead of random ones."""
@@ -290,7 +308,12 @@ def _normalise_executed(path: Path, source: str, executed: str) -> None:
                 pm_meta.pop(k, None)
     if (nb.nbformat, nb.nbformat_minor) >= (4, 5):  # cell ids exist from nbformat 4.5 on
         _fixed_cell_ids(nb.cells)
-    atomic_write_text(path, strip_machine_paths(nbformat.writes(nb)))
+    text = nbformat.writes(nb)
+    if stage is not None and out is not None:  # the step ran into its staging folder: name the results folder
+        root = repo_root()
+        for a, b in ((str(stage), str(out)), (_show(stage, root), _show(out, root))):
+            text = text.replace(a, b)
+    atomic_write_text(path, strip_machine_paths(text))
 
 
 def strip_machine_paths(text: str) -> str:
@@ -334,27 +357,6 @@ def _remove_tree(path: Path) -> None:
         trash.unlink()
 
 
-def _make_backup(out_dir: Path) -> Path | None:
-    """Back up ``out_dir`` as ``.<out>.backup`` (with its completion marker); ``None`` if there is
-    nothing to back up. The copy goes to a temporary name and is renamed when complete."""
-    if not out_dir.exists():
-        return None
-    backup, partial, marker = (_sibling(out_dir, s) for s in ("backup", "backup.partial", "backup.complete"))
-    _remove_tree(partial)
-    shutil.copytree(out_dir, partial, symlinks=True)
-    from rftlib.files.io import atomic_write_text
-
-    atomic_write_text(marker, f"{backup.name} is a complete backup of {out_dir.name}\n")
-    os.replace(partial, backup)
-    return backup
-
-
-def _drop_backup(out_dir: Path) -> None:
-    """Delete the backup after a successful run: renamed away first, the marker last."""
-    _remove_tree(_sibling(out_dir, "backup"))
-    _sibling(out_dir, "backup.complete").unlink(missing_ok=True)
-
-
 def _restore(out_dir: Path, backup: Path | None) -> None:
     """Put the (complete) backup back in place of ``out_dir``."""
     if backup is None or not backup.exists():
@@ -372,16 +374,21 @@ def _recover(out_dir: Path) -> bool:
     """Clean up after an earlier run that was killed; returns ``False`` when the results folder
     cannot be trusted (the cache is then ignored).
 
-    A complete backup (with its marker) is restored: it holds the last good results, which the
-    killed run may have begun to overwrite. A backup without a marker may be partial (killed while
-    it was copied, or made by an older rftlib): it is discarded, never restored, and the results
-    folder, which that run may have changed, does not count as cached. Leftover temporary folders
-    and the temporary files of killed atomic writes are deleted.
+    A leftover staging folder (``.<out>.staging``) is deleted: the results folder was never touched
+    by that run. A kill between the two renames of :func:`_publish` leaves no results folder but
+    the earlier one aside as ``.<out>.replaced``: it is put back. A complete backup (with its
+    marker, from an rftlib that ran steps in place) is restored; a backup without a marker may be
+    partial: it is discarded, never restored, and the results folder does not count as cached.
+    Temporary files of killed atomic writes are deleted.
     """
     trusted = True
     backup, marker = _sibling(out_dir, "backup"), _sibling(out_dir, "backup.complete")
-    for suffix in ("backup.partial", "replaced", "backup.trash", "backup.partial.trash", "replaced.trash"):
+    aside = _sibling(out_dir, "replaced")
+    for suffix in ("staging", "staging.trash", "backup.partial", "backup.trash", "backup.partial.trash", "replaced.trash"):
         _remove_tree(_sibling(out_dir, suffix))
+    if aside.exists() and not out_dir.exists() and not (backup.exists() and marker.is_file()):
+        os.replace(aside, out_dir)
+    _remove_tree(aside)
     if backup.exists():
         if marker.is_file():
             _restore(out_dir, backup)
@@ -397,7 +404,212 @@ def _recover(out_dir: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks made before any kernel starts
+
+
+#: The shortest per-cell timeout accepted (seconds); nbclient itself needs whole seconds.
+MIN_TIMEOUT = 1.0
+
+
+def check_timeout(value: Any, where: str = "--timeout") -> float | None:
+    """A per-cell timeout in seconds: a number ≥ 1 (``None``: the caller's default).
+
+    Raises:
+        ParameterError: a boolean, a non-number, zero, a negative or a fraction of a second.
+
+    Example:
+        >>> check_timeout(60), check_timeout(None)
+        (60.0, None)
+        >>> check_timeout(0.5)
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: --timeout must be a number of seconds >= 1 (e.g. 600), got 0.5
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < MIN_TIMEOUT:
+        raise ParameterError(f"{where} must be a number of seconds >= {MIN_TIMEOUT:g} (e.g. 600), got {value!r}")
+    return float(value)
+
+
+def check_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
+    """``out`` as an absolute path, once sure a results folder can be made there.
+
+    Raises:
+        ParameterError: ``out`` or one of its parents is a file, or the nearest existing folder
+            is not writable.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "f.txt").write_text("x")
+        >>> check_out_dir(d / "new" / "step") == d / "new" / "step"
+        True
+        >>> check_out_dir(d / "f.txt" / "step")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: --out ...f.txt/step cannot be a results folder: .../f.txt is a file, not a folder
+    """
+    p = Path(os.path.abspath(out))
+    for d in (p, *p.parents):
+        if d.exists() or d.is_symlink():
+            if not d.is_dir():
+                raise ParameterError(f"{what} {out} cannot be a results folder: {d} is a file, not a folder")
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise ParameterError(f"{what} {out} cannot be a results folder: {d} is not writable")
+            return p
+    return p
+
+
+def step_out_dir(results_root: str | os.PathLike, step: str) -> Path:
+    """The results folder of ``step`` under a pipeline's results root (relative roots start at
+    the repository root).
+
+    Example:
+        >>> step_out_dir("book/results-quick", "fashion-zeroshot").relative_to(repo_root()).as_posix()
+        'book/results-quick/fashion-zeroshot'
+    """
+    if not isinstance(step, str) or not step or "/" in step or step in (".", ".."):
+        raise ParameterError(f"step name {step!r} must be a plain folder name (no '/', not '.' or '..')")
+    root = Path(results_root)
+    return Path(os.path.abspath(root if root.is_absolute() else repo_root() / root)) / step
+
+
+#: Environment variables that change what a step reads: part of the cache key.
+CACHE_ENV_VARS = ("RFT_CLIP_WEIGHTS", "RFT_DATA_ROOT")
+
+
+def environment_fingerprint(names: Sequence[str] = CACHE_ENV_VARS) -> dict[str, str]:
+    """SHA-256 of each set variable of ``names`` (its value, and for a file its size and mtime):
+    changes when the variable does, without recording a machine path. Unset variables are left out.
+
+    Example:
+        >>> import os
+        >>> os.environ["RFT_DEMO"] = "/weights/a.safetensors"
+        >>> a = environment_fingerprint(["RFT_DEMO", "RFT_UNSET_DEMO"])
+        >>> os.environ["RFT_DEMO"] = "/weights/b.safetensors"
+        >>> list(a), a != environment_fingerprint(["RFT_DEMO"])
+        (['RFT_DEMO'], True)
+    """
+    out = {}
+    for name in names:
+        value = os.environ.get(name)
+        if not value:
+            continue
+        text = value
+        try:
+            st = os.stat(value)
+            text += f"|{st.st_size}|{st.st_mtime_ns}" if Path(value).is_file() else ""
+        except OSError:
+            pass
+        out[name] = hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def _resolve_out(src: Path, step: str, out_dir: Any, given: Mapping[str, Any], specs: Mapping[str, Any]) -> Path:
+    """The results folder: ``out_dir``, else the ``out_dir`` parameter the caller set, else
+    ``book/results/<step>``; checked (a file in the way, an unwritable place) before any work."""
+    param = given.get(OUT_DIR_PARAM) if OUT_DIR_PARAM in specs else None
+    if param is not None and not isinstance(param, str):
+        raise ParameterError(f"parameter {OUT_DIR_PARAM!r} must be a folder path (str), got {param!r}")
+    param_path = None if param is None else (Path(param) if Path(param).is_absolute() else repo_root() / param)
+    if param_path is not None:
+        check_out_dir(param_path, what=f"-p {OUT_DIR_PARAM}=")
+    if out_dir is None:
+        return check_out_dir(param_path) if param_path is not None else default_out_dir(src, step)
+    out = check_out_dir(out_dir)
+    if param_path is not None and Path(os.path.abspath(param_path)) != out:
+        raise ParameterError(
+            f"the results folder {out_dir} and the parameter {OUT_DIR_PARAM}={param!r} disagree; give one of them"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The staging folder: a step runs into ``.<out>.staging`` and is renamed into place on success
+
+
+class StepInterrupted(RftError):
+    """The run was interrupted (Ctrl-C); the results folder is as it was before the run."""
+
+    def __init__(self, step: str, out_dir: Path) -> None:
+        super().__init__(f"interrupted; step {step} stopped, its earlier results are kept as they were in {out_dir}")
+        self.step, self.out_dir = step, out_dir
+
+
+def _staging(out_dir: Path) -> Path:
+    return _sibling(out_dir, "staging")
+
+
+def _begin_staging(out_dir: Path) -> Path:
+    """A fresh ``.<out>.staging`` folder holding a copy of the current results (a step may reuse
+    what it wrote before, e.g. cached weights)."""
+    stage = _staging(out_dir)
+    _remove_tree(stage)
+    if out_dir.is_dir():
+        shutil.copytree(out_dir, stage, symlinks=True)
+    else:
+        stage.mkdir(parents=True)
+    return stage
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Put the finished staging folder in place of ``out_dir``: the old folder is renamed aside
+    first (``.<out>.replaced``, restored by :func:`_recover` if a kill lands between the renames)."""
+    aside = _sibling(out_dir, "replaced")
+    _remove_tree(aside)
+    if out_dir.exists() or out_dir.is_symlink():
+        os.replace(out_dir, aside)
+    os.replace(stage, out_dir)
+    _remove_tree(aside)
+
+
+def _discard_quietly(path: Path) -> None:
+    """Remove a staging folder; never raises (the caller is already handling a failure)."""
+    try:
+        _remove_tree(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
 # Running
+
+
+def _prepare(src: Path, step: str, out: Path, checked: Mapping[str, Any], specs: Mapping[str, Any],
+             inputs: Mapping[str, Any] | None, kernel_name: str) -> tuple[Any, dict[str, Any]]:
+    """The run's manifest (what it depends on: parameters, notebook, inputs, environment) and its inputs."""
+    root = repo_root()
+    effective = {**{k: s.default for k, s in specs.items()}, **checked}
+    all_inputs: dict[str, Any] = {**_path_inputs(effective, out), **dict(inputs or {})}
+    executed = out / f"{src.stem}.ipynb"
+    seed = checked.get("seed", specs["seed"].default if "seed" in specs else None)
+    env = environment_fingerprint()
+    extra = {"environment_sha256": env} if env else {}
+    manifest = build_manifest(
+        checked, seed=seed, inputs=all_inputs, root=root,
+        step_name=step, notebook=portable_path(src, root), notebook_sha256=notebook_content_hash(src),
+        input_sha256=_fingerprints(all_inputs, root), kernel=kernel_name,
+        executed_notebook=portable_path(executed, root), **extra,
+    )
+    return manifest, all_inputs
+
+
+def _cached(out: Path, executed: Path, manifest: Mapping[str, Any], step: str, force: bool,
+            say: Callable[[str], None]) -> RunResult | None:
+    """The earlier run, when it matches (after recovering from a killed one); else ``None``."""
+    root = repo_root()
+    trusted = _recover(out)
+    if not trusted:
+        say(f"{step}: an interrupted earlier run left a backup that may be partial; discarded it, rerunning")
+    previous = read_manifest(out)
+    if force or not trusted or not executed.is_file() or not manifests_match(previous, manifest, keys=CACHE_KEYS):
+        return None
+    assert previous is not None
+    changed = previous.get("rftlib_source_sha256") != rftlib_source_hash()
+    secs = float(previous.get("steps", {}).get("execute", previous.get("wall_seconds") or 0.0))
+    say(f"{step}: cached ({_show(out, root)})" + ("; rftlib changed since, --force reruns" if changed else ""))
+    return RunResult(step, executed, out, dict(previous), True, secs, changed)
 
 
 def run_notebook(
@@ -414,145 +626,179 @@ def run_notebook(
     name: str | None = None,
     start_timeout: float = 120.0,
     log: Callable[[str], None] | None = None,
+    kernel_env: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Validate ``params``, execute ``notebook`` with papermill, and record it in ``out_dir``.
 
     Args:
         notebook: the source notebook (relative paths: current folder, then repository root).
         params: parameter values; names and types are checked against the ``parameters`` cell.
-        out_dir: the results folder (default ``book/results/<name>``).
+        out_dir: the results folder (default: the ``out_dir`` parameter if given, else
+            ``book/results/<name>``); checked before any kernel starts.
         kernel_name: the Jupyter kernel (checked/installed with :func:`ensure_kernel`).
         cwd: working folder of the kernel (default: the repository root).
-        timeout: seconds allowed per cell (``None``: no limit).
+        timeout: seconds allowed per cell, ≥ 1 (``None``: no limit); see :func:`check_timeout`.
         force: rerun even when a matching cached run exists.
         inputs: named input files or folders, hashed into the manifest and the cache key; string
             parameters (given or default) naming existing files or folders, such as an upstream
-            step's results folder, are added automatically as ``param:<name>``.
+            step's results folder, are added automatically as ``param:<name>``. The variables of
+            :data:`CACHE_ENV_VARS` enter the cache key too.
         extra_checks: value checks run before execution (see :func:`rftlib.book.params.validate_params`).
         name: the step name (default: the notebook's file name stem).
         start_timeout: seconds to wait for the kernel to start.
         log: where to send one-line progress messages (default: none).
+        kernel_env: environment variables for the kernel, on top of this process's (e.g. the
+            pipeline's thread policy and progress file; see :mod:`rftlib.book.kernel`).
 
     Returns:
         A :class:`RunResult`.
 
     Raises:
-        ParameterError: bad parameters, before any execution.
-        NotebookExecutionError: the notebook failed; the message names the cell and the error, the
-            results folder is as before, and the failed notebook is saved beside it.
+        ParameterError: bad parameters, timeout or results folder, before any execution.
+        NotebookExecutionError: the notebook failed; the message names the cell (numbered from 1
+            as in the notebook) and the error, the results folder is as before, and the failed
+            notebook is saved in it as ``<notebook name>.failed.ipynb``.
+        StepInterrupted: Ctrl-C; the results folder is as before.
     """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
     say = log or (lambda _msg: None)
+    timeout = check_timeout(timeout, where="timeout")
     src = resolve_path(notebook, kind="notebook")
     step = name or src.stem
-    out = Path(os.path.abspath(out_dir)) if out_dir is not None else default_out_dir(src, step)
-    root = repo_root()
-    workdir = Path(cwd) if cwd is not None else root
-
-    # 1. parameters: validated before anything expensive
     specs = notebook_parameters(src)
     given = dict(params or {})
-    if OUT_DIR_PARAM in specs and OUT_DIR_PARAM not in given:
+    out = _resolve_out(src, step, out_dir, given, specs)
+    root = repo_root()
+    if OUT_DIR_PARAM in specs:
         given[OUT_DIR_PARAM] = _show(out, root)
     checked = validate_params(src, given, extra_checks=extra_checks)
-
-    # 2. what this run depends on
-    effective = {**{k: s.default for k, s in specs.items()}, **checked}
-    all_inputs: dict[str, Any] = {**_path_inputs(effective, out), **dict(inputs or {})}
-    input_sha = _fingerprints(all_inputs, root)
-    nb_sha = notebook_content_hash(src)
+    manifest, all_inputs = _prepare(src, step, out, checked, specs, inputs, kernel_name)
     executed = out / f"{src.stem}.ipynb"
-    seed = checked.get("seed", specs["seed"].default if "seed" in specs else None)
-    manifest = build_manifest(
-        checked, seed=seed, inputs=all_inputs, root=root,
-        step_name=step, notebook=portable_path(src, root), notebook_sha256=nb_sha, input_sha256=input_sha,
-        kernel=kernel_name, executed_notebook=portable_path(executed, root),
-    )
-
-    # 3. an earlier run killed mid-way: restore its backup *before* the cache check, so results it
-    #    had begun to overwrite are never served as cached; drop temporary files of killed writes
-    trusted = _recover(out)
-    if not trusted:
-        say(f"{step}: an interrupted earlier run left a backup that may be partial; discarded it, rerunning")
-
-    # 4. cache
-    previous = read_manifest(out)
-    if not force and trusted and executed.is_file() and manifests_match(previous, manifest, keys=CACHE_KEYS):
-        assert previous is not None
-        changed = previous.get("rftlib_source_sha256") != rftlib_source_hash()
-        secs = float(previous.get("steps", {}).get("execute", previous.get("wall_seconds") or 0.0))
-        say(f"{step}: cached ({_show(out, root)})" + ("; rftlib changed since, --force reruns" if changed else ""))
-        return RunResult(step, executed, out, previous, True, secs, changed)
-
-    # 5. execute: back up the folder, run into a temporary notebook, restore on failure
+    hit = _cached(out, executed, manifest, step, force, say)
+    if hit is not None:
+        return hit
     ensure_kernel(kernel_name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    backup = _make_backup(out)
-    running = out.parent / f".{out.name}.{src.stem}.running.ipynb"
-    failed = out / f"{src.stem}.failed.ipynb"
+    stage = _begin_staging(out)
     say(f"{step}: running {portable_path(src, root)}")
     t0 = time.perf_counter()
+    try:
+        with manifest.step("execute"):
+            _execute(src, stage, out, checked, kernel_name=kernel_name, cwd=Path(cwd) if cwd is not None else root,
+                     timeout=timeout, start_timeout=start_timeout, step=step, kernel_env=kernel_env)
+        _finish(src, stage, out, manifest, all_inputs)
+    except BaseException:
+        _discard_quietly(stage)
+        raise
+    secs = time.perf_counter() - t0
+    say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
+    return RunResult(step, executed, out, dict(manifest), False, secs)
+
+
+def _execute(src: Path, stage: Path, out: Path, checked: Mapping[str, Any], *, kernel_name: str, cwd: Path,
+             timeout: float | None, start_timeout: float, step: str,
+             kernel_env: Mapping[str, str] | None = None) -> None:
+    """Run the notebook with the results folder pointed at ``stage``; the executed notebook is
+    ``stage/<name>.running.ipynb``. A failure is turned into :class:`NotebookExecutionError`
+    (the failed notebook saved into ``out``), Ctrl-C into :class:`StepInterrupted`."""
+    import papermill as pm
+
+    from rftlib.book.kernel import kernel_manager_class
+
+    root = repo_root()
+    params = dict(checked)
+    if OUT_DIR_PARAM in params:
+        params[OUT_DIR_PARAM] = _show(stage, root)
+    running = stage / f".{src.stem}.running.ipynb"
     pm_log = logging.getLogger("papermill")
     level = pm_log.level
     pm_log.setLevel(logging.ERROR)  # its own parameter parsing warns about comments holding '='
     try:
-        with manifest.step("execute"):
-            pm.execute_notebook(
-                str(src), str(running), parameters=checked, kernel_name=kernel_name, cwd=str(workdir),
-                execution_timeout=timeout, start_timeout=start_timeout, progress_bar=False,
-                log_output=False, request_save_on_cell_execute=True,
-            )
-    except BaseException as e:  # noqa: BLE001 - restore on any failure, Ctrl-C included
-        _restore(out, backup)
-        failed_path: Path | None = None
-        if running.exists():
-            out.mkdir(parents=True, exist_ok=True)
-            os.replace(running, failed)
-            failed_path = failed
-            try:
-                _normalise_executed(failed, portable_path(src, root), portable_path(failed, root))
-            except Exception:  # noqa: BLE001 - a half-written notebook stays as it is
-                pass
-        if not isinstance(e, Exception):
-            raise
-        if isinstance(e, PapermillExecutionError):
-            idx, count, ename, evalue = e.cell_index, e.exec_count, e.ename, e.evalue
-            first = (str(e.source).strip().splitlines() or [""])[0]
-        else:
-            idx, count, first = _failing_cell(failed_path) if failed_path else (None, None, "")
-            ename = type(e).__name__
-            if isinstance(e, TimeoutError) and ename == "CellTimeoutError":
-                evalue = f"the cell ran longer than the timeout of {timeout:g} s (raise it with --timeout)"
-            else:
-                evalue = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-        src_idx = _source_index(failed_path, idx) if failed_path else idx
-        where = f"cell {src_idx}" if src_idx is not None else "a cell"
-        if count is not None:
-            where += f" [In {count}]"
-        msg = (
-            f"{portable_path(src, root)} failed in {where}"
-            + (f" ({first[:80]!r})" if first else "")
-            + f": {ename}: {evalue}"
-            + (f"; the executed notebook with the error is {_show(failed_path, root)}" if failed_path else "")
-            + "; previous results were left as they were"
+        pm.execute_notebook(
+            str(src), str(running), parameters=params, kernel_name=kernel_name, cwd=str(cwd),
+            execution_timeout=int(timeout) if timeout is not None else None, start_timeout=start_timeout,
+            progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+            kernel_manager_class=kernel_manager_class(kernel_env),
         )
-        raise NotebookExecutionError(msg, cell_index=src_idx, ename=ename, evalue=evalue,
-                                     failed_notebook=failed_path) from e
+    except KeyboardInterrupt:
+        _quiet_after_interrupt()
+        raise StepInterrupted(step, out) from None
+    except Exception as e:  # noqa: BLE001 - every failure of the notebook is reported the same way
+        failed = _save_failed(src, running, stage, out)
+        raise _execution_error(src, e, failed, timeout) from e
     finally:
         pm_log.setLevel(level)
 
-    # 6. success: publish the notebook and the manifest, drop the backup
-    out.mkdir(parents=True, exist_ok=True)
-    _normalise_executed(running, portable_path(src, root), portable_path(executed, root))
+
+def _quiet_after_interrupt() -> None:
+    """Silence the kernel client's complaints (ZMQ errors of a kernel that was interrupted too)."""
+    for name in ("traitlets", "papermill", "nbclient", "jupyter_client", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _save_failed(src: Path, running: Path, stage: Path, out: Path) -> Path | None:
+    """Move the executed notebook with the error into ``out`` as ``<name>.failed.ipynb``, with the
+    rest of the results folder as it was; never raises (returns ``None`` when it could not)."""
+    root = repo_root()
+    failed = out / f"{src.stem}.failed.ipynb"
+    try:
+        if not running.is_file():
+            return None
+        out.mkdir(parents=True, exist_ok=True)
+        os.replace(running, failed)
+    except OSError:
+        return None
+    try:
+        _normalise_executed(failed, portable_path(src, root), portable_path(failed, root), stage, out)
+    except Exception:  # noqa: BLE001 - a half-written notebook stays as it is
+        pass
+    return failed
+
+
+def _execution_error(src: Path, e: Exception, failed: Path | None, timeout: float | None) -> NotebookExecutionError:
+    """The one-line error of a failed notebook, naming the cell as the user's notebook numbers it."""
+    from papermill.exceptions import PapermillExecutionError
+
+    root = repo_root()
+    if isinstance(e, PapermillExecutionError):
+        idx, count, ename, evalue = e.cell_index, e.exec_count, e.ename, e.evalue
+        first = (str(e.source).strip().splitlines() or [""])[0]
+    else:
+        idx, count, first = _failing_cell(failed) if failed else (None, None, "")
+        ename = type(e).__name__
+        if isinstance(e, TimeoutError) and ename == "CellTimeoutError":
+            evalue = f"the cell ran longer than the timeout of {timeout:g} s (raise it with --timeout)"
+        else:
+            evalue = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+    src_idx = _source_index(failed, idx) if failed else idx
+    if count is not None and failed is not None:
+        count = _source_count(failed, count)
+    where = f"cell {src_idx + 1}" if src_idx is not None else "a cell"
+    if count is not None:
+        where += f" [In {count}]"
+    msg = (
+        f"{portable_path(src, root)} failed in {where}"
+        + (f" ({first[:80]!r})" if first else "")
+        + f": {ename}: {evalue}"
+        + (f"; the executed notebook with the error is {_show(failed, root)}" if failed else "")
+        + "; previous results were left as they were"
+    )
+    return NotebookExecutionError(msg, cell_index=src_idx, ename=ename, evalue=evalue, failed_notebook=failed)
+
+
+def _finish(src: Path, stage: Path, out: Path, manifest: Any, all_inputs: Mapping[str, Any]) -> None:
+    """Complete the staging folder (executed notebook, manifest) and rename it into place."""
+    root = repo_root()
+    running = stage / f".{src.stem}.running.ipynb"
+    executed = stage / f"{src.stem}.ipynb"
+    _normalise_executed(running, portable_path(src, root), portable_path(out / executed.name, root), stage, out)
     os.replace(running, executed)
-    failed.unlink(missing_ok=True)
+    (stage / f"{src.stem}.failed.ipynb").unlink(missing_ok=True)
     # inputs as the run left them: a folder the step also writes into (e.g. weights it caches)
     # then matches on the next check, so the step is not rerun for its own writes
     manifest["inputs"] = input_hashes(all_inputs, root)
     manifest["input_sha256"] = {k: v["sha256"] for k, v in manifest["inputs"].items()}
-    own = read_manifest(out)
+    previous = read_manifest(out)
+    own = read_manifest(stage)
     if own is not None and own != previous:
         # the notebook wrote its own manifest during the run: keep its extra keys and step times
         for k, v in own.items():
@@ -560,15 +806,18 @@ def run_notebook(
                 manifest["steps"] = {**v, **manifest["steps"]}
             elif k not in manifest:
                 manifest[k] = v
-    write_manifest(out, manifest.finish())
-    _drop_backup(out)
-    secs = time.perf_counter() - t0
-    say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
-    return RunResult(step, executed, out, dict(manifest), False, secs)
+    write_manifest(stage, manifest.finish())
+    _publish(stage, out)
 
 
 __all__ = [
+    "CACHE_ENV_VARS",
     "CACHE_KEYS",
+    "StepInterrupted",
+    "check_out_dir",
+    "check_timeout",
+    "environment_fingerprint",
+    "step_out_dir",
     "NotebookExecutionError",
     "RunResult",
     "default_out_dir",

@@ -65,16 +65,44 @@ VERSIONED_PACKAGES: tuple[str, ...] = (
 TIME_KEYS: frozenset[str] = frozenset({"started", "finished", "wall_seconds", "steps"})
 
 
+#: The environment variable that points the library at a checkout other than its own.
+REPO_ROOT_ENV = "RFT_REPO_ROOT"
+
+
+def _checked_env_root(value: str) -> Path:
+    """``$RFT_REPO_ROOT`` as a path, or a :class:`~rftlib.errors.ParameterError` naming the variable
+    when it is no folder or a folder that is no checkout (neither ``pyproject.toml`` nor ``notebooks/``)."""
+    from rftlib.errors import ParameterError
+
+    p = Path(value).expanduser()
+    if not p.is_dir():
+        what = "a file" if p.exists() else "no such folder"
+        raise ParameterError(
+            f"{REPO_ROOT_ENV}={value!r} is {what}; it must name the folder of a checkout of this "
+            f"project (holding pyproject.toml and notebooks/), or be unset"
+        )
+    if not (p / "pyproject.toml").is_file() and not (p / "notebooks").is_dir():
+        raise ParameterError(
+            f"{REPO_ROOT_ENV}={value!r} is not a checkout of this project (no pyproject.toml, no "
+            f"notebooks/); point it at the repository root or unset it"
+        )
+    return p.resolve()
+
+
 def repo_root() -> Path:
     """The repository root: ``$RFT_REPO_ROOT`` if set, else the checkout holding the ``rftlib`` package.
+
+    Raises:
+        ParameterError: ``$RFT_REPO_ROOT`` names no folder, or a folder that is not a checkout
+            (neither ``pyproject.toml`` nor ``notebooks/``).
 
     Example:
         >>> (repo_root() / "rftlib").is_dir()
         True
     """
-    env = os.environ.get("RFT_REPO_ROOT")
+    env = os.environ.get(REPO_ROOT_ENV)
     if env:
-        return Path(env).resolve()
+        return _checked_env_root(env)
     here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").is_file():  # editable install: the checkout holding the package
         return here
