@@ -60,6 +60,16 @@ __all__ = [
     "across_runs",
     "combine_within",
     "combine_within_runs",
+    "bootstrap_mean_ci",
+    "cluster_indices",
+    "same_alpha_tau",
+    "across_run_test",
+    "paired_contrast",
+    "partial_kendall",
+    "auroc",
+    "mde_across_runs",
+    "mde_mean",
+    "mean_pairwise_jaccard",
 ]
 
 #: The three coefficients and the key under which :func:`correlate` reports each.
@@ -496,3 +506,313 @@ def bootstrap_mean_ci(x: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.9
     rng = np.random.default_rng(seed)
     means = rng.choice(a, size=(n_boot, a.size), replace=True).mean(axis=1)
     return _percentile(means, ci)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run population: clustered bootstrap, the same-α statistic, contrasts, AUROC, power
+# ----------------------------------------------------------------------------------------------
+#
+# These work on matrices with one row per run and one column per α point (``X``: sharpness, ``Y``:
+# OOD accuracy). Runs are the resampling unit; ``clusters`` (one label per run, e.g. the recipe)
+# makes the bootstrap draw whole clusters, so seeds of one recipe stay together. scipy's
+# ``scipy.stats.bootstrap`` has no clustered resampling, so the resamples are drawn here (seeded
+# ``numpy.random.Generator``), and the same index rows serve every statistic of one comparison
+# (a *paired* bootstrap).
+
+def _as_matrix(v: Any, name: str) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ParameterError(f"{name} must be a runs × α matrix (or one value per run); got shape {a.shape}.")
+    return a
+
+
+def _check_matrices(X: Any, Y: Any, min_runs: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as_matrix(X, "X"), _as_matrix(Y, "Y")
+    if x.shape != y.shape:
+        raise ParameterError(f"X has shape {x.shape} and Y {y.shape}; they must pair runs and α points.")
+    if x.shape[0] < min_runs:
+        raise ParameterError(f"X has {x.shape[0]} runs; an across-run statistic needs at least {min_runs}.")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ParameterError("X and Y must be finite; drop runs or α points with missing values first.")
+    return x, y
+
+
+def cluster_indices(clusters: Any | None, n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Bootstrap resamples of ``n`` runs as index rows ``(n_boot, n')``, drawing whole clusters.
+
+    ``clusters`` gives one label per run (``None``: each run its own cluster, the plain bootstrap).
+    A resample draws as many clusters as there are, with replacement, and takes every run of each;
+    with equal cluster sizes every row has ``n`` indices (unequal sizes are padded by repeating a
+    drawn run, which keeps rows rectangular; the pad is a draw from the resample itself).
+
+    Example:
+        >>> idx = cluster_indices(["a", "a", "b", "b"], 4, n_boot=3, seed=0)
+        >>> idx.shape, all(set(r[:2]) in ({0, 1}, {2, 3}) for r in idx)
+        ((3, 4), True)
+    """
+    if clusters is None:
+        return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    labels = np.asarray(clusters)
+    if labels.shape != (n,):
+        raise ParameterError(f"clusters has {labels.size} labels for {n} runs; give one label per run.")
+    _, inv = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(members), size=(n_boot, len(members)))
+    rows = []
+    for d in draws:
+        r = np.concatenate([members[k] for k in d])
+        r = r[:n] if r.size >= n else np.concatenate([r, rng.choice(r, n - r.size)])
+        rows.append(r)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _same_alpha_rows(X: np.ndarray, Y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """T for each index row: mean over α columns of the across-run τ-b (NaN columns skipped)."""
+    taus = np.stack([_kendall_rows(X[idx, j], Y[idx, j]) for j in range(X.shape[1])], axis=1)
+    with np.errstate(invalid="ignore"), _quiet():
+        return np.nanmean(taus, axis=1)
+
+
+class _quiet:
+    """Silence numpy's 'Mean of empty slice' for all-NaN rows (they give NaN, which is meant)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._w.__exit__(*exc)
+
+
+def same_alpha_tau(X: Any, Y: Any) -> float:
+    """The same-α statistic T: at every α column, Kendall τ-b across runs between X and Y; their mean.
+
+    Comparing runs at the same α removes the dependence on α that sharpness and accuracy share
+    along a path. Columns where X or Y is constant across runs (e.g. α = 0: every run is θ_zs) are
+    skipped; NaN when all are.
+
+    Example:
+        >>> X = [[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]]
+        >>> Y = [[0.5, 0.3], [0.5, 0.2], [0.5, 0.1]]
+        >>> same_alpha_tau(X, Y)
+        -1.0
+    """
+    x, y = _check_matrices(X, Y)
+    return float(_snap(_same_alpha_rows(x, y, np.arange(x.shape[0])[None, :])[0]))
+
+
+def _perm_rows(n: int, n_perm: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 7919)
+    return np.argsort(rng.random((n_perm, n)), axis=1)
+
+
+def across_run_test(X: Any, Y: Any, clusters: Any | None = None, n_boot: int = 2000, n_perm: int = 1999,
+                    seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+    """T (:func:`same_alpha_tau`) with a run-bootstrap interval and a permutation p-value.
+
+    The p-value is two-sided: the share of run permutations (one permutation of X's rows for every
+    α, so each run's path stays whole) with |T| at least the observed |T| (with the +1 correction).
+    One column (e.g. sharpness at θ_ft against the OOD gain) gives a plain across-run τ.
+
+    Returns:
+        dict with ``value``, ``ci_low``, ``ci_high``, ``p_value``, ``n_runs``, ``n_alpha`` (columns
+        used), ``boot`` (the bootstrap replicates, for paired contrasts) and ``null`` (|T| under
+        permutation, for power).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(12.0)
+        >>> r = across_run_test(x, x ** 2, n_boot=200, n_perm=199)
+        >>> r["value"], r["p_value"] < 0.01, r["ci_low"] > 0.5
+        (1.0, True, True)
+    """
+    x, y = _check_matrices(X, Y)
+    _check_boot(n_boot, ci)
+    n = x.shape[0]
+    value = _snap(_same_alpha_rows(x, y, np.arange(n)[None, :])[0])
+    boot = _same_alpha_rows(x, y, cluster_indices(clusters, n, n_boot, seed)) if n_boot else np.empty(0)
+    perms = _perm_rows(n, n_perm, seed)
+    taus = np.stack([_kendall_rows(x[perms, j], np.broadcast_to(y[:, j], (n_perm, n)))
+                     for j in range(x.shape[1])], axis=1)
+    with _quiet():
+        null = np.abs(np.nanmean(taus, axis=1))
+    p = float((1 + np.sum(null >= abs(value) - 1e-12)) / (1 + n_perm)) if np.isfinite(value) else float("nan")
+    lo, hi = _percentile(boot[np.isfinite(boot)], ci)
+    n_alpha = int(sum(np.ptp(x[:, j]) > 0 and np.ptp(y[:, j]) > 0 for j in range(x.shape[1])))
+    return {"value": float(value), "ci_low": lo, "ci_high": hi, "p_value": p, "n_runs": int(n),
+            "n_alpha": n_alpha, "boot": boot, "null": null}
+
+
+def paired_contrast(X_a: Any, X_b: Any, Y: Any, clusters: Any | None = None, n_boot: int = 2000,
+                    seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+    """Δ = |T(X_a, Y)| − |T(X_b, Y)| on the same runs, with a paired bootstrap interval.
+
+    Both terms are computed on the same resample of runs in every replicate (the paper's contrast:
+    straggler layers, ``X_a``, against the whole model, ``X_b``).
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.arange(10.0)
+        >>> d = paired_contrast(y, np.random.default_rng(0).random(10), y, n_boot=300)
+        >>> d["value"] > 0.5, d["ci_low"] > 0
+        (True, True)
+    """
+    xa, y = _check_matrices(X_a, Y)
+    xb, _ = _check_matrices(X_b, Y)
+    _check_boot(n_boot, ci)
+    n = y.shape[0]
+    full = np.arange(n)[None, :]
+    value = abs(_snap(_same_alpha_rows(xa, y, full)[0])) - abs(_snap(_same_alpha_rows(xb, y, full)[0]))
+    idx = cluster_indices(clusters, n, n_boot, seed)
+    boot = np.abs(_same_alpha_rows(xa, y, idx)) - np.abs(_same_alpha_rows(xb, y, idx))
+    lo, hi = _percentile(boot[np.isfinite(boot)], ci)
+    return {"value": float(value), "ci_low": lo, "ci_high": hi, "n_runs": int(n)}
+
+
+def partial_kendall(x: Any, y: Any, z: Any) -> float:
+    """Partial Kendall τ of x and y given z: (τ_xy − τ_xz·τ_yz) / √((1 − τ_xz²)(1 − τ_yz²)).
+
+    Pooled over the (run, α) points of several runs with z = α, it removes the association that x
+    and y owe to both moving with α. NaN when x or y is a function of z alone (τ_xz² = 1).
+
+    Example:
+        >>> x, z = [1, 2, 3, 4, 5, 6], [1, 1, 2, 2, 3, 3]   # z = α: x and y both grow with it ...
+        >>> y = [2, 1, 4, 3, 6, 5]                          # ... but at equal α, y falls as x rises
+        >>> round(float(sps.kendalltau(x, y).statistic), 2), partial_kendall(x, y, z)
+        (0.6, -1.0)
+    """
+    a, b = check_pairs(x, y)
+    c, _ = check_pairs(z, y, names=("z", "y"))
+    t = {k: float(sps.kendalltau(u, v, variant="b").statistic) for k, (u, v) in
+         {"xy": (a, b), "xz": (a, c), "yz": (b, c)}.items()}
+    den = (1.0 - t["xz"] ** 2) * (1.0 - t["yz"] ** 2)
+    if not np.isfinite(den) or den <= 1e-12:
+        return float("nan")
+    return float(_snap(np.clip((t["xy"] - t["xz"] * t["yz"]) / np.sqrt(den), -1.0, 1.0)))
+
+
+def auroc(labels: Any, scores: Any, clusters: Any | None = None, n_boot: int = 2000, seed: int = 0,
+          ci: float = 0.95) -> dict[str, Any]:
+    """AUROC of ``scores`` for ``labels`` (True = positive, e.g. failure mode) with a run bootstrap.
+
+    ``sklearn.metrics.roc_auc_score``; 0.5 = no separation. Resamples with one class only are
+    skipped. NaN (and no interval) when only one class is present.
+
+    Example:
+        >>> auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_boot=100)["value"]
+        1.0
+    """
+    from sklearn.metrics import roc_auc_score
+
+    lab = np.asarray(labels).astype(bool).ravel()
+    s = _as_vector(scores, "scores")
+    if lab.shape != s.shape:
+        raise ParameterError(f"labels ({lab.size}) and scores ({s.size}) differ in length; give one of each per run.")
+    _check_boot(n_boot, ci)
+    if lab.all() or not lab.any():
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_runs": int(lab.size),
+                "n_positive": int(lab.sum())}
+    idx = cluster_indices(clusters, lab.size, n_boot, seed)
+    L, S = lab[idx], s[idx]
+    n1 = L.sum(axis=1)
+    keep = (n1 > 0) & (n1 < idx.shape[1])
+    ranks = sps.rankdata(S, axis=1)  # Mann-Whitney: AUROC = (rank sum of positives − n1(n1+1)/2) / (n1·n0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = ((ranks * L).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * (idx.shape[1] - n1))
+    lo, hi = _percentile(boot[keep], ci)
+    return {"value": float(roc_auc_score(lab, s)), "ci_low": lo, "ci_high": hi, "n_runs": int(lab.size),
+            "n_positive": int(lab.sum())}
+
+
+def _zcols(a: np.ndarray) -> np.ndarray:
+    sd = a.std(axis=0, keepdims=True)
+    return np.where(sd > 0, (a - a.mean(axis=0, keepdims=True)) / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def mde_across_runs(X: Any, Y: Any, power: float = 0.8, alpha: float = 0.05, n_sim: int = 400,
+                    n_perm: int = 999, seed: int = 0) -> float:
+    """Smallest |T| (:func:`same_alpha_tau`) detectable at ``power``, simulated from the observed spread.
+
+    Each simulation keeps the observed X and replaces Y by its standardized columns with the runs
+    shuffled (the observed spread, no association) plus a planted effect β·z(X). The test is the
+    permutation test of :func:`across_run_test` (p < ``alpha`` against the permutation null of the
+    observed data). Returns the mean simulated T at the smallest β on a grid whose rejection rate
+    reaches ``power``; NaN when none does (the design cannot detect any effect, e.g. too few runs).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(1)
+        >>> m30 = mde_across_runs(rng.random(30), rng.random(30), n_sim=100, n_perm=199)
+        >>> m8 = mde_across_runs(rng.random(8), rng.random(8), n_sim=100, n_perm=199)
+        >>> 0 < m30 < m8 <= 1
+        True
+    """
+    x, y = _check_matrices(X, Y)
+    n = x.shape[0]
+    perms = _perm_rows(n, n_perm, seed)
+    taus = np.stack([_kendall_rows(x[perms, j], np.broadcast_to(y[:, j], (n_perm, n))) for j in range(x.shape[1])], axis=1)
+    with _quiet():
+        null = np.sort(np.abs(np.nanmean(taus, axis=1)))
+
+    def rejects(t: np.ndarray) -> np.ndarray:  # across_run_test's p-value below alpha
+        n_ge = null.size - np.searchsorted(null, np.abs(t) - 1e-12, side="left")
+        return (1 + n_ge) / (1 + null.size) < alpha
+    zx, zy = _zcols(x), _zcols(y)
+    shuffles = _perm_rows(n, n_sim, seed + 1)
+    noise = zy[shuffles]  # (n_sim, n, n_alpha)
+    for beta in np.concatenate([[0.0], np.geomspace(0.02, 50.0, 40)]):
+        ys = beta * zx[None] + noise
+        taus = np.stack([_kendall_rows(np.broadcast_to(x[:, j], (n_sim, n)), ys[:, :, j])
+                         for j in range(x.shape[1])], axis=1)
+        with _quiet():
+            stats_ = np.nanmean(taus, axis=1)
+        if np.mean(rejects(stats_)) >= power:
+            return float(np.nanmean(stats_))
+    return float("nan")
+
+
+def mde_mean(d: Any, power: float = 0.8, ci: float = 0.95, n_sim: int = 400, n_boot: int = 500,
+             seed: int = 0) -> float:
+    """Smallest positive mean of ``d`` (per-run differences) whose bootstrap interval excludes 0 at ``power``.
+
+    Simulated from the observed spread: ``d`` is centred, a shift δ planted, n values redrawn with
+    replacement, and the percentile bootstrap interval of the mean computed; power = share of
+    simulations with the interval above 0. NaN when fewer than 2 values or no δ on the grid reaches it.
+
+    Example:
+        >>> import numpy as np
+        >>> d = np.random.default_rng(0).normal(0, 1, 20)
+        >>> 0.4 < mde_mean(d, n_sim=200, n_boot=200) < 1.2
+        True
+    """
+    a = _as_vector(d, "d")
+    if a.size < 2 or np.ptp(a) == 0:
+        return float("nan")
+    a0 = a - a.mean()
+    rng = np.random.default_rng(seed)
+    sims = a0[rng.integers(0, a.size, size=(n_sim, a.size))]
+    boot_idx = rng.integers(0, a.size, size=(n_boot, a.size))
+    lows = np.quantile(sims[:, boot_idx].mean(axis=2), (1.0 - ci) / 2.0, axis=1)  # (n_sim,)
+    scale = a0.std() if a0.std() > 0 else 1.0
+    for delta in np.geomspace(0.01, 20.0, 60) * scale:
+        if np.mean(lows + delta > 0) >= power:
+            return float(delta)
+    return float("nan")
+
+
+def mean_pairwise_jaccard(sets: Sequence[Iterable[Any]]) -> float:
+    """Mean Jaccard index |A ∩ B| / |A ∪ B| over all pairs of the given sets (NaN with fewer than 2).
+
+    Example:
+        >>> round(mean_pairwise_jaccard([{"a", "b"}, {"a", "c"}, {"a", "b"}]), 4)   # (1/3 + 1 + 1/3) / 3
+        0.5556
+    """
+    ss = [frozenset(s) for s in sets]
+    vals = [len(a & b) / len(a | b) if a | b else 1.0 for i, a in enumerate(ss) for b in ss[i + 1:]]
+    return float(np.mean(vals)) if vals else float("nan")

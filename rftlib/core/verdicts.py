@@ -35,8 +35,17 @@ excludes 0, else the majority sign.
   supported when the association is significant **and** consistent; mixed when interval and p-value
   disagree while the runs are consistent.
 
-:func:`combine_verdicts` merges verdicts of parts of one claim (e.g. the three statements of P1, or
-several sharpness variants): all equal → that verdict, otherwise mixed.
+:func:`combine_verdicts` merges verdicts of parts of one claim (e.g. the parts of P1, or several
+sharpness variants): untestable parts are left out; the rest all equal → that verdict, otherwise
+mixed; no testable part → untestable.
+
+``untestable`` (:func:`untestable`) is the verdict of a claim the world holds no data for (e.g. F4
+without a run in the failure mode): the row's statistic says what is missing, its value is 0 and
+its interval and p-value are NaN.
+
+:func:`verdict_with_contrast` is F2's rule: the straggler layers must predict OOD accuracy (their
+statistic's verdict, ``expect="any"``) **and** beat the whole model (the paired contrast
+Δ = |T_strag| − |T_whole| has its interval above 0).
 
 Example:
     >>> verdict_from_interval(0.12, 0.55, p_value=0.01, expect="positive")
@@ -66,11 +75,13 @@ __all__ = [
     "verdict_from_runs",
     "verdict_from_combined",
     "combine_verdicts",
+    "verdict_with_contrast",
+    "untestable",
 ]
 
 #: The columns of ``claims.csv``, exactly and in this order (``results.md``).
 COLUMNS: tuple[str, ...] = ("claim", "world", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict")
-VERDICTS: tuple[str, ...] = ("supported", "not supported", "mixed")
+VERDICTS: tuple[str, ...] = ("supported", "not supported", "mixed", "untestable")
 #: Human-readable claim texts (``paper.md``); also their order in tables.
 CLAIM_TEXTS: dict[str, str] = {
     "F1": "Whole-model sharpness is not a reliable predictor of the OOD accuracy of interpolated CLIP models",
@@ -243,11 +254,14 @@ def verdict_from_combined(combined: Mapping[str, Any], expect: Expect = "positiv
 
 
 def combine_verdicts(verdicts: Iterable[str]) -> str:
-    """Merge verdicts of parts of one claim: all equal → that verdict, else ``"mixed"``.
+    """Merge verdicts of parts of one claim: untestable parts are left out; the testable ones all
+    equal → that verdict, else ``"mixed"``; ``"untestable"`` when no part is testable.
 
     Example:
         >>> combine_verdicts(["supported", "supported"]), combine_verdicts(["supported", "not supported"])
         ('supported', 'mixed')
+        >>> combine_verdicts(["supported", "untestable"]), combine_verdicts(["untestable"])
+        ('supported', 'untestable')
     """
     vs = list(verdicts)
     if not vs:
@@ -255,7 +269,45 @@ def combine_verdicts(verdicts: Iterable[str]) -> str:
     bad = [v for v in vs if v not in VERDICTS]
     if bad:
         raise ParameterError(f"unknown verdict(s) {bad}; allowed: {list(VERDICTS)}.")
+    vs = [v for v in vs if v != "untestable"]
+    if not vs:
+        return "untestable"
     return vs[0] if all(v == vs[0] for v in vs) else "mixed"
+
+
+def verdict_with_contrast(verdict: str, contrast_low: float, contrast_high: float) -> str:
+    """F2's rule: a predictor's verdict (``expect="any"``) combined with its paired contrast Δ to a rival.
+
+    Supported only when ``verdict`` is supported and Δ's interval lies above 0; not supported when
+    ``verdict`` is not supported or Δ's interval lies below 0; mixed otherwise (also when Δ has no
+    interval, NaN).
+
+    Example:
+        >>> verdict_with_contrast("supported", 0.05, 0.4), verdict_with_contrast("supported", -0.1, 0.3)
+        ('supported', 'mixed')
+        >>> verdict_with_contrast("mixed", -0.5, -0.1)
+        'not supported'
+    """
+    if verdict not in VERDICTS:
+        raise ParameterError(f"verdict={verdict!r} must be one of {list(VERDICTS)}.")
+    if verdict == "untestable":
+        return verdict
+    lo, hi = _num(contrast_low, "contrast_low", allow_nan=True), _num(contrast_high, "contrast_high", allow_nan=True)
+    if verdict == "not supported" or hi < 0:
+        return "not supported"
+    if verdict == "supported" and lo > 0:
+        return "supported"
+    return "mixed"
+
+
+def untestable(claim: str, world: str, why: str) -> "Claim":
+    """The row of a claim the world cannot test: verdict ``untestable``, ``why`` in the statistic.
+
+    Example:
+        >>> untestable("F4", "w", "no run in the failure mode").to_row()["verdict"]
+        'untestable'
+    """
+    return Claim(claim, world, f"untestable: {why}", 0.0, math.nan, math.nan, math.nan, "untestable")
 
 
 # ----------------------------------------------------------------------------------------------
