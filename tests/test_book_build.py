@@ -7,10 +7,11 @@ every page of the table of contents must load every image (``naturalWidth > 0``)
 with the local MathJax, and request nothing from the network; the claims page must show the claims
 table. Screenshots are saved to ``_build/screenshots/`` at the repository root.
 
-Claims table contract: the findings page ``book/findings/claims.md`` renders the table generated from
-``claims.csv`` as a ``<table>`` with id ``claims-table`` or inside an element with that id or with the
-class ``rft-claims`` (e.g. ``df.to_html(table_id="claims-table", classes="rft-claims")`` or a
-``{list-table}``/``{csv-table}`` with ``:name: claims-table``), with a ``verdict`` column.
+Claims table contract: the findings page ``book/findings/claims.md`` renders the claims matrix
+generated from the steps' ``claims.csv`` (:func:`rftlib.book.claims.claims_matrix_html`) as a
+``<table>`` with id ``claims-table``: one row per claim, one column per world, every cell of class
+``verdict`` with a ``verdict-<verdict>`` class. (The fast test of the generated HTML is
+``tests/test_claims_matrix.py``.)
 """
 
 from __future__ import annotations
@@ -249,8 +250,14 @@ CLAIMS_CHECK = """
 (() => {
   const t = document.querySelector(%s);
   if (!t) return null;
-  const head = Array.from(t.querySelectorAll('th')).map(th => th.textContent.trim().toLowerCase());
-  return {header: head, rows: t.querySelectorAll('tbody tr').length};
+  const head = Array.from(t.querySelectorAll('thead th')).map(th => th.textContent.trim().toLowerCase());
+  const rows = Array.from(t.querySelectorAll('tbody tr'));
+  const cells = rows.map(r => r.querySelectorAll('td').length);
+  const coloured = rows.map(r => Array.from(r.querySelectorAll('td')).filter(
+      td => Array.from(td.classList).some(c => c.startsWith('verdict-'))).length);
+  const bg = Array.from(t.querySelectorAll('td.verdict-supported, td.verdict-not-supported, td.verdict-mixed, td.verdict-untestable'))
+      .map(td => getComputedStyle(td).backgroundColor);
+  return {header: head, rows: rows.length, claims: rows.map(r => r.dataset.claim), cells, coloured, bg};
 })()
 """ % json.dumps(CLAIMS_SELECTOR)
 
@@ -305,4 +312,11 @@ def test_claims_table_is_rendered(built_book, browser):
     table = browser.evaluate(CLAIMS_CHECK)
     browser.screenshot(SCREENSHOTS / "claims.png")
     assert table is not None, f"no element matching {CLAIMS_SELECTOR!r} on the claims page"
-    assert "verdict" in table["header"] and table["rows"] >= 1, table
+    from rftlib.book.claims import read_claims
+
+    claims = read_claims(ROOT / "book" / "results")
+    worlds = claims["world"].nunique()
+    assert table["header"][0] == "paper claim" and len(table["header"]) == 1 + worlds, table
+    assert table["claims"] == list(dict.fromkeys(claims["claim"])), table  # one row per claim, in order
+    assert all(n == worlds for n in table["cells"]) and table["coloured"] == table["cells"], table
+    assert all(c not in ("", "rgba(0, 0, 0, 0)") for c in table["bg"]), table  # the stylesheet colours them

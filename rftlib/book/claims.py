@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -182,3 +182,105 @@ def claims_table_markdown(df: pd.DataFrame, claim_texts: Mapping[str, str] = CLA
         interval = "—" if lo == "—" or hi == "—" else f"[{lo}, {hi}]"
         lines.append("| " + " | ".join(_cell(c) for c in (claim, r.statistic, value, interval, r.verdict, r.world)) + " |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# the claims matrix (claims × worlds) and the power table
+# ----------------------------------------------------------------------------------------------
+
+#: Columns of a step's ``power.csv`` (:mod:`rftlib.steps.evidence`).
+POWER_COLUMNS: tuple[str, ...] = ("claim", "world", "statistic", "mde", "n_runs")
+
+
+def read_power(path: str | os.PathLike = "book/results") -> pd.DataFrame:
+    """Every ``<step>/power.csv`` under a results root, concatenated (empty table when there is none).
+
+    Example:
+        >>> read_power("/nonexistent").columns.tolist()
+        ['claim', 'world', 'statistic', 'mde', 'n_runs']
+    """
+    p = _claims_path(path)
+    files = sorted(p.glob("*/power.csv")) if p.is_dir() else ([p] if p.is_file() else [])
+    parts = [pd.read_csv(f) for f in files]
+    parts = [d for d in parts if len(d)]
+    for f, d in zip(files, parts):
+        missing = [c for c in POWER_COLUMNS if c not in d.columns]
+        if missing:
+            raise ClaimsFileError(f"{f} lacks columns {missing}; power.csv must have {list(POWER_COLUMNS)}.")
+    if not parts:
+        return pd.DataFrame(columns=list(POWER_COLUMNS))
+    return pd.concat([d[list(POWER_COLUMNS)] for d in parts], ignore_index=True)
+
+
+def _esc(text: Any) -> str:
+    import html
+
+    return html.escape(str(text), quote=True)
+
+
+def verdict_class(verdict: str) -> str:
+    """The CSS class of a verdict cell: ``verdict-supported``, ``verdict-not-supported``, ... .
+
+    Example:
+        >>> verdict_class("not supported"), verdict_class("untestable")
+        ('verdict-not-supported', 'verdict-untestable')
+    """
+    if verdict not in VERDICTS:
+        raise ParameterError(f"verdict={verdict!r} must be one of {list(VERDICTS)}.")
+    return "verdict-" + verdict.replace(" ", "-")
+
+
+def _matrix_cell(r: Any, mde: float | None, digits: int) -> str:
+    parts = [f'<span class="rft-verdict">{_esc(r.verdict)}</span>']
+    if r.verdict == "untestable":
+        parts.append(f'<span class="rft-stat">{_esc(str(r.statistic).removeprefix("untestable: "))}</span>')
+    else:
+        lo, hi = _fmt(r.ci_low, digits), _fmt(r.ci_high, digits)
+        val = f"{_fmt(r.value, digits)}" + ("" if lo == "—" else f" [{lo}, {hi}]")
+        if _fmt(r.p_value) != "—":
+            val += f", p = {_fmt(r.p_value, 2)}"
+        parts.append(f'<span class="rft-stat">{_esc(r.statistic)}</span>')
+        parts.append(f'<span class="rft-value">{_esc(val)}</span>')
+    if mde is not None:
+        text = "no effect detectable with these runs" if math.isnan(mde) else f"smallest effect detectable at 80 % power: {_fmt(mde, 2)}"
+        parts.append(f'<span class="rft-mde">{_esc(text)}</span>')
+    return f'<td class="verdict {verdict_class(r.verdict)}">' + "<br>".join(parts) + "</td>"
+
+
+def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, power: pd.DataFrame | None = None,
+                       claim_texts: Mapping[str, str] = CLAIM_TEXTS, digits: int = 3) -> str:
+    """The claims matrix as HTML: one row per claim, one column per world.
+
+    Each cell holds the verdict (its CSS class from :func:`verdict_class`), the statistic, its value
+    with interval and p-value, and, where ``power`` has a row for that claim and world (a verdict
+    resting on the absence of an effect), the smallest effect detectable at 80 % power. A claim not
+    measured on a world gets an empty ``verdict-none`` cell. The table has id ``claims-table`` and
+    class ``rft-claims``.
+
+    Example:
+        >>> df = pd.DataFrame([Claim("F1", "a", "tau", 0.05, -0.3, 0.4, 0.61, "supported").to_row(),
+        ...                    Claim("F4", "a", "untestable: no failure", 0, float("nan"), float("nan"),
+        ...                          float("nan"), "untestable").to_row()])
+        >>> html = claims_matrix_html(df, ["a", "b"])
+        >>> html.count("<tr class=\\"claim-row\\""), html.count("verdict-untestable"), html.count("verdict-none")
+        (2, 1, 2)
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ParameterError(f"df must be a pandas DataFrame (e.g. read_claims()); got {type(df).__name__}.")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
+    worlds = list(worlds) if worlds is not None else list(dict.fromkeys(df["world"]))
+    mdes = {} if power is None else {(r.claim, r.world): float(r.mde) for r in power.itertuples()}
+    claims = [c for c in CLAIM_IDS if (df["claim"] == c).any()]
+    head = "<tr><th>paper claim</th>" + "".join(f"<th>{_esc(w)}</th>" for w in worlds) + "</tr>"
+    rows = []
+    for c in claims:
+        cells = [f'<th class="claim"><strong>{_esc(c)}</strong> {_esc(claim_texts.get(c, ""))}</th>']
+        for w in worlds:
+            sub = df[(df["claim"] == c) & (df["world"] == w)]
+            cells.append('<td class="verdict verdict-none">not measured</td>' if sub.empty else
+                         _matrix_cell(sub.iloc[0], mdes.get((c, w)), digits))
+        rows.append(f'<tr class="claim-row" data-claim="{_esc(c)}">' + "".join(cells) + "</tr>")
+    return (f'<table id="claims-table" class="rft-claims rft-matrix">\n<thead>{head}</thead>\n<tbody>\n'
+            + "\n".join(rows) + "\n</tbody>\n</table>")

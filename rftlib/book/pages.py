@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rftlib.book.claims import CLAIM_TEXTS, read_claims
+from rftlib.book.claims import CLAIM_TEXTS, claims_matrix_html, read_claims, read_power
 from rftlib.files.io import atomic_write_text
 from rftlib.files.manifest import repo_root
 
@@ -54,6 +54,18 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
     return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in d.itertuples(index=False))
 
 
+def _power_note(claim: str, world: str) -> str:
+    """The detectable-effect statement beside a verdict resting on the absence of an effect."""
+    pw = read_power(_root())
+    r = pw[(pw["claim"] == claim) & (pw["world"] == world)]
+    if r.empty:
+        return ""
+    notes = [("no effect of any size detectable with these runs" if pd.isna(m) else
+              f"smallest effect detectable at 80 % power: {_num(float(m))}") + f" ({st})"
+             for m, st in zip(r["mde"], r["statistic"])]
+    return "; " + "; ".join(notes)
+
+
 def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
     if claims is None:
         return "*not yet measured*"
@@ -65,21 +77,51 @@ def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
     p = "" if pd.isna(r["p_value"]) else f", p = {_num(r['p_value'])}"
     if "untestable" in str(r["statistic"]):
         return f"**{r['verdict']}** — {r['statistic']}"
-    return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}"
+    return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}{_power_note(claim, world)}"
 
 
-def claims_fragment(claims: pd.DataFrame | None) -> str:
+def claims_fragment(claims: pd.DataFrame | None, power: pd.DataFrame | None = None) -> str:
+    """The claims matrix (one row per claim, one column per world; :func:`rftlib.book.claims.claims_matrix_html`).
+
+    Example:
+        >>> from rftlib.core.verdicts import Claim
+        >>> df = pd.DataFrame([Claim("F1", "fashion", "tau", 0.1, -0.2, 0.3, 0.5, "supported").to_row()])
+        >>> claims_fragment(df).count('class="claim-row"')
+        1
+    """
     if claims is None or claims.empty:
         return "*No claims measured yet: run `rft pipeline notebooks/params/default.yaml`.*\n"
-    d = claims.copy()
-    d["paper claim"] = d["claim"].map(lambda c: f"{c}: {CLAIM_TEXTS.get(c, c)}")
-    d["interval"] = [("" if pd.isna(a) else f"[{_num(a)}, {_num(b)}]") for a, b in zip(d["ci_low"], d["ci_high"])]
-    d["value"] = d["value"].map(_num)
-    d["p"] = d["p_value"].map(lambda v: "" if pd.isna(v) else _num(v))
-    out = d[["paper claim", "statistic", "value", "interval", "p", "verdict", "world"]].rename(
-        columns={"statistic": "our statistic", "p": "p-value"})
-    html = out.to_html(index=False, table_id="claims-table", classes="rft-claims", border=0, escape=True)
+    worlds = [w for w in WORLDS if (claims["world"] == w).any()]
+    worlds += [w for w in dict.fromkeys(claims["world"]) if w not in worlds]
+    html = claims_matrix_html(claims, worlds, power)
     return "```{raw} html\n" + html + "\n```\n"
+
+
+def conclusion_sentences(claims: pd.DataFrame | None) -> str:
+    """Two sentences, generated from the claim rows, on what the study concludes about the paper.
+
+    Example:
+        >>> from rftlib.core.verdicts import Claim
+        >>> rows = [Claim(c, w, "s", 0.0, -1, 1, 0.5, v).to_row() for c, w, v in
+        ...         [("F1", "a", "supported"), ("F2", "a", "not supported"), ("F4", "a", "untestable")]]
+        >>> print(conclusion_sentences(pd.DataFrame(rows)))
+        Of the 3 verdicts on 1 world, 1 is supported, 1 not supported, 0 mixed and 1 untestable. The paper's central contrast, whole-model sharpness failing (F1) where straggler layers succeed (F2), holds in none of the worlds; supported in no world: F2.
+    """
+    if claims is None or claims.empty:
+        return ""
+    n, worlds = len(claims), list(dict.fromkeys(claims["world"]))
+    c = claims["verdict"].value_counts()
+    tally = (f"Of the {n} verdicts on {len(worlds)} world{'s' if len(worlds) != 1 else ''}, "
+             f"{c.get('supported', 0)} {'is' if c.get('supported', 0) == 1 else 'are'} supported, "
+             f"{c.get('not supported', 0)} not supported, {c.get('mixed', 0)} mixed and {c.get('untestable', 0)} untestable.")
+    v = {(r.claim, r.world): r.verdict for r in claims.itertuples()}
+    both = [w for w in worlds if v.get(("F1", w)) == "supported" and v.get(("F2", w)) == "supported"]
+    where = ", ".join(f"`{w}`" for w in both) if both else "none of the worlds"
+    tested = [k for k in dict.fromkeys(claims["claim"]) if any(v.get((k, w)) not in (None, "untestable") for w in worlds)]
+    nowhere = [k for k in tested if not any(v.get((k, w)) == "supported" for w in worlds)]
+    tail = f"; supported in no world: {', '.join(nowhere)}" if nowhere else "; every tested claim is supported in at least one world"
+    return (tally + " The paper's central contrast, whole-model sharpness failing (F1) where straggler layers "
+            f"succeed (F2), holds in {where}{tail}.")
 
 
 def p1_fragment(claims: pd.DataFrame | None) -> str:
@@ -205,6 +247,8 @@ def intro_fragment(claims: pd.DataFrame | None) -> str:
                 "bulge above their endpoints gain OOD accuracy by interpolating; paths that only fall are in the "
                 "failure mode. Which property of the models tells them apart?")]
     if claims is not None:
+        out.append("**What the study concludes.** " + conclusion_sentences(claims) + " The verdicts in full are in "
+                   "{doc}`findings/claims`.\n\n")
         for w in WORLDS:
             sub = claims[claims["world"] == w]
             if len(sub):
@@ -267,7 +311,7 @@ def render_pages(out: str | Path = GENERATED) -> list[Path]:
     folder = repo_root() / out
     claims = read_claims(missing_ok=True)
     claims = None if claims is None or claims.empty else claims
-    frags = {"claims_table.md": claims_fragment(claims), "p1.md": p1_fragment(claims),
+    frags = {"claims_table.md": claims_fragment(claims, read_power(_root())), "p1.md": p1_fragment(claims),
              "f1.md": sharpness_fragment(claims, "f1"), "f2_f3.md": sharpness_fragment(claims, "f2"),
              "f4.md": f4_fragment(claims), "worlds.md": worlds_fragment(), "intro.md": intro_fragment(claims), "reproduce.md": reproduce_fragment()}
     paths = []
