@@ -1,12 +1,17 @@
-"""Run a pipeline: the ordered notebook steps of a parameter file, each into ``book/results/<step>/``.
+"""Run a pipeline: the notebook steps of a parameter file, each into ``book/results/<step>/``.
 
 A pipeline file (``notebooks/params/<name>.yaml`` with a ``steps`` list; format in
 :mod:`rftlib.book.params`) names each step's notebook and parameters. :func:`run_pipeline` validates
-*every* step's parameters before running any, then runs the selected steps in order through
-:func:`rftlib.book.runner.run_notebook` (cached steps are skipped), prints one progress line per step,
-and records the timings in ``book/results/pipeline/timings.csv`` (columns ``step, seconds,
-cached``; for a cached step, ``seconds`` is the execution time of the run that made its results, so
-the table tells what a full reproduction costs). The executed notebook of step ``S`` is
+*every* step's parameters before running any, then runs the selected steps through
+:func:`rftlib.book.runner.run_notebook` (cached steps are skipped): independent steps side by side
+(``jobs``, each kernel with its own threads; graph and policy in :mod:`rftlib.book.schedule`), a
+step once the steps it depends on succeeded. A failed step stops the steps that depend on it, not the
+others; the run then raises (the final table says which failed). While steps run, their progress is
+relayed to the terminal (:mod:`rftlib.book.relay`). The timings go to
+``book/results/pipeline/timings.csv`` (columns ``step, seconds, cached``; for a cached step,
+``seconds`` is the execution time of the run that made its results, so the table tells what a full
+reproduction costs), and the policy (jobs, threads per kernel, load at the start) into each run
+step's manifest (key ``execution``) and the pipeline's. The executed notebook of step ``S`` is
 ``book/results/S/<notebook name>.ipynb``.
 
 Example:
@@ -20,19 +25,25 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from rftlib.errors import ParameterError
 from rftlib.files.io import atomic_write_csv
-from rftlib.files.manifest import build_manifest, repo_root, write_manifest
+from rftlib.files.manifest import build_manifest, read_manifest, repo_root, write_manifest
+from rftlib.progress import PROGRESS_FILE_ENV
+from rftlib.book import runner
 from rftlib.book.params import ParamFile, Step, load_param_file, notebook_parameters, resolve_path, validate_params
-from rftlib.book.runner import DEFAULT_TIMEOUT, RESULTS_DIR, RunResult, run_notebook
+from rftlib.book.relay import Relay, timing_table
+from rftlib.book.runner import DEFAULT_TIMEOUT, RESULTS_DIR, NotebookExecutionError, RunResult, run_notebook
+from rftlib.book.schedule import Policy, critical_path, kernel_env, restrict, run_graph, step_graph, thread_policy
 
 PIPELINE_DIR = "pipeline"
 TIMINGS_NAME = "timings.csv"
@@ -63,7 +74,12 @@ def select_steps(
 
 
 def _step_out_dir(results_dir: Path, step: Step) -> Path:
-    return results_dir / step.name
+    """The step's results folder: its ``out_dir`` parameter if given, else under the results root."""
+    given = step.parameters.get(runner.OUT_DIR_PARAM)
+    if isinstance(given, str) and given:
+        return Path(given) if Path(given).is_absolute() else repo_root() / given
+    folder = getattr(runner, "step_out_dir", None)  # the runner's rule, where it has one
+    return Path(folder(results_dir, step.name)) if folder is not None else results_dir / step.name
 
 
 def validate_pipeline(pipeline: ParamFile, steps: Sequence[Step] | None = None) -> dict[str, dict[str, Any]]:
@@ -100,6 +116,63 @@ def _write_timings(path: Path, rows: list[dict[str, Any]], order: list[str]) -> 
     atomic_write_csv(path, table[TIMING_COLUMNS])
 
 
+class StepsFailed(NotebookExecutionError):
+    """Steps of a pipeline failed; ``errors`` maps each failed step to its error, ``skipped`` each
+    step not run to the failed step it needed."""
+
+    def __init__(self, errors: Mapping[str, BaseException], skipped: Mapping[str, str]) -> None:
+        parts = [f"step {s} failed: {e}" for s, e in errors.items()]
+        if skipped:
+            parts.append("not run, as a step they need failed: " + ", ".join(f"{s} (needs {f})" for s, f in skipped.items()))
+        super().__init__("; ".join(parts))
+        self.errors, self.skipped = dict(errors), dict(skipped)
+
+
+def _effective_params(pf: ParamFile, step: Step, validated: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """A step's parameters with its notebook's defaults (only its own if the notebook is missing)."""
+    try:
+        specs = notebook_parameters(resolve_path(step.notebook or "", kind="notebook"))
+    except (ParameterError, OSError):
+        return dict(step.parameters)
+    given = validated.get(step.name) or pf.parameters_for(step, specs)
+    return {**{k: sp.default for k, sp in specs.items()}, **given}
+
+
+def pipeline_graph(pf: ParamFile, results_dir: str | os.PathLike | None = None,
+                   validated: Mapping[str, dict[str, Any]] | None = None) -> dict[str, tuple[str, ...]]:
+    """The direct dependencies of every step of ``pf`` (rules in :mod:`rftlib.book.schedule`).
+
+    Example:
+        >>> g = pipeline_graph(load_param_file("default"))
+        >>> g["fashion-sparsity"], g["digits-zeroshot"]
+        (('fashion-interpolate', 'fashion-stragglers'), ())
+    """
+    results = Path(results_dir) if results_dir is not None else repo_root() / RESULTS_DIR
+    params = {s.name: _effective_params(pf, s, validated or {}) for s in pf.steps}
+    outputs = {s.name: _step_out_dir(results, s) for s in pf.steps}
+    return step_graph(pf.step_names(), params, outputs, {s.name: s.inputs for s in pf.steps})
+
+
+def _recorded_times(path: Path) -> dict[str, float]:
+    """Each step's last recorded execution seconds (from the timings table), if any."""
+    try:
+        t = pd.read_csv(path)
+        return {str(r.step): float(r.seconds) for r in t.itertuples() if float(r.seconds) > 0}
+    except (OSError, ValueError, AttributeError, pd.errors.EmptyDataError):
+        return {}
+
+
+def _record_policy(out_dir: Path, policy: Policy) -> None:
+    """Add the policy to a step's manifest (key ``execution``; not part of the cache key)."""
+    m = read_manifest(out_dir)
+    if m is not None:
+        write_manifest(out_dir, {**m, "execution": policy.to_dict()})
+
+
+def _runner_takes_env() -> bool:
+    return "kernel_env" in inspect.signature(run_notebook).parameters
+
+
 def run_pipeline(
     pipeline: ParamFile | str | os.PathLike,
     *,
@@ -110,8 +183,11 @@ def run_pipeline(
     kernel_name: str = "python3",
     timeout: float | None = None,
     echo: Callable[[str], None] | None = None,
+    jobs: int | None = None,
+    threads: int | None = None,
+    tty: bool | None = None,
 ) -> list[RunResult]:
-    """Run a pipeline's steps in order (validated first), caching unchanged steps.
+    """Run a pipeline's steps (validated first), independent ones side by side, caching unchanged steps.
 
     Args:
         pipeline: a loaded :class:`~rftlib.book.params.ParamFile`, or a parameter file name or path.
@@ -120,52 +196,123 @@ def run_pipeline(
         results_dir: where step folders go (default ``book/results``).
         kernel_name: the Jupyter kernel.
         timeout: seconds per cell, for steps whose file sets no ``timeout`` (default 3600).
-        echo: where progress lines go (default: standard error).
+        echo: where progress lines go (default: standard error, live lines on a terminal).
+        jobs: steps run side by side (default: the free cores; see :func:`~rftlib.book.schedule.thread_policy`).
+        threads: compute threads per kernel (default: free cores // jobs).
+        tty: update the progress lines in place (default: when standard error is a terminal and no
+            ``echo`` is given).
 
     Returns:
-        One :class:`~rftlib.book.runner.RunResult` per step run.
+        One :class:`~rftlib.book.runner.RunResult` per step run, in pipeline order.
 
     Raises:
-        ParameterError: bad step names or parameters (before anything runs).
-        rftlib.book.runner.NotebookExecutionError: a step failed (timings of the steps before it are kept).
+        ParameterError: bad step names, parameters, ``jobs`` or ``threads`` (before anything runs).
+        rftlib.book.runner.NotebookExecutionError: a step failed (the others ran; timings are kept);
+            :class:`StepsFailed` when several did or steps were left out for it.
     """
     pf = pipeline if isinstance(pipeline, ParamFile) else load_param_file(pipeline)
-    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = Path(results_dir) if results_dir is not None else repo_root() / RESULTS_DIR
     steps = select_steps(pf, only, from_step)
     params = validate_pipeline(pf, steps)
-
+    policy = thread_policy(jobs, threads)
+    if not _runner_takes_env():
+        policy = thread_policy(1, policy.threads)
+    graph = restrict(pipeline_graph(pf, results, params), [s.name for s in steps])
     timings_dir = results / PIPELINE_DIR
-    done: list[RunResult] = []
-    rows: list[dict[str, Any]] = []
-    t_all = time.perf_counter()
+    recorded = _recorded_times(timings_dir / TIMINGS_NAME)
+    priority = critical_path(graph, {s: recorded.get(s, 1.0) for s in graph})
     manifest = build_manifest({"pipeline": pf.name, "steps": [s.name for s in steps], "force": force},
-                              inputs={"pipeline_file": pf.path})
+                              inputs={"pipeline_file": pf.path}, execution=policy.to_dict())
+    relay = Relay(echo=echo, tty=tty)
+    progress_dir = Path(tempfile.mkdtemp(prefix="rft-progress-"))
+    run_one = _step_runner(steps, params, results, policy, relay, recorded, progress_dir, manifest,
+                           kernel_name=kernel_name, timeout=timeout, force=force)
+    t_all = time.perf_counter()
+    relay.say(f"pipeline {pf.name}: {len(steps)} step(s), up to {policy.jobs} side by side, "
+              f"{policy.threads} thread(s) each ({policy.cpu_count} cores, load {policy.load:.1f})")
     try:
-        for i, step in enumerate(steps, 1):
-            prefix = f"[{i}/{len(steps)}] {step.name}"
-            say(f"{prefix}: {step.notebook} ...")
-            out_dir = _step_out_dir(results, step)
-            with manifest.step(step.name):
-                r = run_notebook(
-                    step.notebook or "", params[step.name], out_dir, kernel_name=kernel_name,
-                    timeout=step.timeout or timeout or DEFAULT_TIMEOUT, force=force, inputs=step.inputs,
-                    extra_checks=step.validate, name=step.name,
-                )
-            note = "cached" if r.cached else f"done in {r.seconds:.1f} s"
-            if r.library_changed:
-                note += " (rftlib changed since; --force reruns)"
-            say(f"{prefix}: {note}")
-            done.append(r)
-            rows.append({"step": step.name, "seconds": r.seconds, "cached": r.cached})
+        with relay:
+            done, errors, skipped = run_graph(graph, run_one, policy.jobs, priority)
     finally:
-        if rows:
-            _write_timings(timings_dir / TIMINGS_NAME, rows, pf.step_names())
-            write_manifest(timings_dir, manifest.finish())
-    ran = sum(not r.cached for r in done)
-    say(f"pipeline {pf.name}: {len(done)} step(s), {ran} run, {len(done) - ran} cached, "
-        f"{time.perf_counter() - t_all:.1f} s")
-    return done
+        shutil.rmtree(progress_dir, ignore_errors=True)
+    ordered = [done[s.name] for s in steps if s.name in done]
+    if ordered:
+        rows = [{"step": r.name, "seconds": r.seconds, "cached": r.cached} for r in ordered]
+        _write_timings(timings_dir / TIMINGS_NAME, rows, pf.step_names())
+        write_manifest(timings_dir, manifest.finish())
+    _summary(relay, pf, steps, done, errors, skipped, recorded, time.perf_counter() - t_all)
+    if errors:
+        if len(errors) == 1 and not skipped:
+            raise next(iter(errors.values()))
+        raise StepsFailed(errors, skipped)
+    return ordered
 
 
-__all__ = ["TIMING_COLUMNS", "run_pipeline", "select_steps", "validate_pipeline"]
+def _step_runner(steps: Sequence[Step], params: Mapping[str, dict[str, Any]], results: Path, policy: Policy,
+                 relay: Relay, recorded: Mapping[str, float], progress_dir: Path, manifest: Any, *,
+                 kernel_name: str, timeout: float | None, force: bool) -> Callable[[str], RunResult]:
+    """The function that runs one step by name: messages, progress file, policy, manifest."""
+    by_name = {s.name: s for s in steps}
+    index = {s.name: i for i, s in enumerate(steps, 1)}
+
+    def run_one(name: str) -> RunResult:
+        step, prefix = by_name[name], f"[{index[name]}/{len(steps)}] {name}"
+        relay.say(f"{prefix}: {step.notebook} ...")
+        progress = progress_dir / f"{name}.json"
+        env = {**kernel_env(policy), PROGRESS_FILE_ENV: str(progress)}
+        relay.start(name, progress, recorded.get(name))
+        try:
+            with manifest.step(name):
+                r = _run_step(step, params[name], _step_out_dir(results, step), env, kernel_name=kernel_name,
+                              timeout=step.timeout or timeout or DEFAULT_TIMEOUT, force=force)
+        except Exception as e:
+            relay.say(f"{prefix}: FAILED: {e}")
+            raise
+        finally:
+            relay.stop(name)
+        if not r.cached:
+            _record_policy(r.out_dir, policy)
+        note = "cached" if r.cached else f"done in {r.seconds:.1f} s"
+        relay.say(f"{prefix}: {note}" + (" (rftlib changed since; --force reruns)" if r.library_changed else ""))
+        return r
+
+    return run_one
+
+
+def _run_step(step: Step, params: dict[str, Any], out_dir: Path, env: Mapping[str, str], **kw: Any) -> RunResult:
+    """Run one step's notebook with ``env`` for its kernel (set in this process's environment where
+    the runner cannot pass one; the pipeline then runs one step at a time)."""
+    common = dict(inputs=step.inputs, extra_checks=step.validate, name=step.name, **kw)
+    if _runner_takes_env():
+        return run_notebook(step.notebook or "", params, out_dir, kernel_env=dict(env), **common)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_notebook(step.notebook or "", params, out_dir, **common)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _summary(relay: Relay, pf: ParamFile, steps: Sequence[Step], done: Mapping[str, RunResult],
+             errors: Mapping[str, BaseException], skipped: Mapping[str, str], recorded: Mapping[str, float],
+             seconds: float) -> None:
+    """Print the final table of step times and a one-line count."""
+    rows = []
+    for s in steps:
+        r = done.get(s.name)
+        status = ("cached" if r.cached else "ran") if r else (
+            "failed" if s.name in errors else f"not run (needs {skipped.get(s.name)})")
+        rows.append({"step": s.name, "status": status, "seconds": r.seconds if r else None,
+                     "recorded": recorded.get(s.name)})
+    relay.say(timing_table(rows))
+    ran = sum(not r.cached for r in done.values())
+    tail = f", {len(errors)} failed ({', '.join(errors)})" if errors else ""
+    tail += f", {len(skipped)} not run" if skipped else ""
+    relay.say(f"pipeline {pf.name}: {len(done)} step(s), {ran} run, {len(done) - ran} cached{tail}, {seconds:.1f} s")
+
+
+__all__ = ["TIMING_COLUMNS", "StepsFailed", "pipeline_graph", "run_pipeline", "select_steps", "validate_pipeline"]
