@@ -87,7 +87,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             print(f"{s.name}\t{s.notebook}")
         return EXIT_OK
     run_pipeline(pf, only=a.only, from_step=a.from_step, force=a.force, kernel_name=a.kernel,
-                 timeout=a.timeout, echo=_echo)
+                 timeout=a.timeout, jobs=a.jobs, threads=a.threads)
     return EXIT_OK
 
 
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--timeout", type=float, metavar="S", help="seconds per cell for steps that set none")
     pl.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     pl.add_argument("--list", action="store_true", help="list the steps that would run, and stop")
+    pl.add_argument("--jobs", type=int, metavar="N",
+                    help="independent steps run side by side (default: free cores, from the load average)")
+    pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
     pl.set_defaults(func=cmd_pipeline)
 
     pa = sub.add_parser("params", help="show a notebook's parameters: name, type, default, meaning")
