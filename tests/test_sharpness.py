@@ -1,5 +1,6 @@
 """Sharpness estimators: budgets, invariances, exact restore, prefix caching, seeds, validation."""
 
+import dataclasses
 import copy
 import math
 
@@ -360,3 +361,39 @@ def test_l2_ellipsoid_pair_is_consistent_and_inside_budget(tiny_classifier):
     for delta, c, _ in iterates:
         for d, ci in zip(delta, c):
             assert bool((d[ci == 0] == 0).all())
+
+
+def test_config_and_keyword_forms_agree_and_name_bad_settings(tiny_classifier):
+    from rftlib.core.sharpness import SharpnessConfig, sharpness
+
+    data = _data(16)
+    cfg = SharpnessConfig(rho=0.01, n_iters=3, m=8)
+    a = sharpness(tiny_classifier, data, config=cfg, progress=False)
+    b = sharpness(tiny_classifier, data, rho=0.01, n_iters=3, m=8, progress=False)
+    c = sharpness(tiny_classifier, data, config=cfg.replace(n_iters=1), n_iters=3, progress=False)  # fields override
+    assert a.per_batch == b.per_batch == c.per_batch and a.settings == b.settings
+    with pytest.raises(ParameterError, match=r"'n_iter' \(did you mean 'n_iters'\?\)"):
+        sharpness(tiny_classifier, data, rho=0.01, n_iter=3)
+    with pytest.raises(ParameterError, match="rho is required"):
+        sharpness(tiny_classifier, data)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rho = 0.5
+
+
+def test_precision_factory_wraps_every_forward_pass(tiny_classifier):
+    import contextlib
+
+    from rftlib.core.sharpness import sharpness
+
+    entered = []
+
+    @contextlib.contextmanager
+    def counting():
+        entered.append(1)
+        yield
+
+    r = sharpness(tiny_classifier, _data(16), rho=0.01, n_iters=3, m=8, precision=counting, progress=False)
+    ref = sharpness(tiny_classifier, _data(16), rho=0.01, n_iters=3, m=8, progress=False)
+    assert r.per_batch == ref.per_batch  # a no-op context: fp32, same numbers
+    # per batch: L(w), 3 ascent steps, the last iterate (+ the best one when it is not the last); plus the probe
+    assert len(entered) >= 1 + 2 * (1 + 3 + 1)
