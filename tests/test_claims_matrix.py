@@ -91,3 +91,24 @@ def test_conclusion_is_two_sentences_from_the_results():
     both = pd.concat([_claims(), pd.DataFrame([Claim("F2", "w2", "tau", 0.5, 0.2, 0.8, 0.01, "supported").to_row()])])
     both.loc[both["claim"].eq("F1") & both["world"].eq("w2"), "verdict"] = "supported"
     assert "holds in `w2`" in pages.conclusion_sentences(both)
+
+
+def test_claim_pages_print_power_and_evidence_beside_the_verdict(tmp_path, monkeypatch):
+    from rftlib.steps import evidence as ev
+
+    sharp, summary = ev.synthetic_tables(n_runs=6, seed=0)
+    e = ev.f1_evidence("w", sharp, summary, n_boot=100, n_perm=99)
+    step = tmp_path / "w-sharpness"
+    step.mkdir()
+    pd.DataFrame([c.to_row() for c in e.claims]).to_csv(step / "claims.csv", index=False)
+    e.power.to_csv(step / "power.csv", index=False)
+    e.details.to_csv(step / "evidence.csv", index=False)
+    monkeypatch.setattr(pages, "_root", lambda: tmp_path)
+    claims = read_claims(tmp_path)
+    text = pages._verdict(claims, "F1", "w")
+    assert text.startswith(f"**{e.claims[0].verdict}**")
+    if len(e.power):
+        assert "detectable at 80 % power" in text or "no effect of any size" in text
+    table = pages._evidence("w", ("F1",))
+    assert table.count("\n| F1 |") == len(e.details)
+    assert pages._evidence("w", ("F4",)) == ""

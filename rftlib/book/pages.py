@@ -80,6 +80,22 @@ def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
     return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}{_power_note(claim, world)}"
 
 
+def _evidence(world: str, claims: tuple[str, ...]) -> str:
+    """The population statistics of ``claims`` on ``world`` (``<world>-*/evidence.csv`` written from
+    :mod:`rftlib.steps.evidence`), as a table; empty when no step wrote one."""
+    files = sorted(_root().glob(f"{world}-*/evidence.csv"))
+    parts = [pd.read_csv(f) for f in files]
+    d = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if d.empty or "claim" not in d:
+        return ""
+    d = d[d["claim"].isin(claims) & (d["world"] == world)]
+    if d.empty:
+        return ""
+    cols = [c for c in ("claim", "statistic", "value", "ci_low", "ci_high", "p_value", "n_runs", "verdict") if c in d]
+    return ("Across-run statistics (intervals: bootstrap over runs, clustered by recipe; `reported` = shown, "
+            "not deciding):\n\n" + _table(d[cols]) + "\n")
+
+
 def claims_fragment(claims: pd.DataFrame | None, power: pd.DataFrame | None = None) -> str:
     """The claims matrix (one row per claim, one column per world; :func:`rftlib.book.claims.claims_matrix_html`).
 
@@ -136,7 +152,7 @@ def p1_fragment(claims: pd.DataFrame | None) -> str:
         n_fail, n_succ, n = int(s["failure_mode"].sum()), int(s["successful"].sum()), len(s)
         parts.append(f"Of {n} fine-tuning runs, **{n_succ}** interpolate successfully (an interior α beats both "
                      f"endpoints on mean OOD accuracy) and **{n_fail}** are in the failure mode (no interior α beats "
-                     f"the zero-shot model). Verdict on P1: {_verdict(claims, 'P1', w)}.\n\n")
+                     f"the zero-shot model). Verdict on P1: {_verdict(claims, 'P1', w)}.\n\n" + _evidence(w, ("P1",)))
         cols = ["run", "lr", "augment", "acc_id_zs", "acc_ood_zs", "alpha_best", "acc_id_best", "acc_ood_best",
                 "acc_id_ft", "acc_ood_ft", "loss_barrier", "failure_mode"]
         parts.append(_table(s[[c for c in cols if c in s]]) + "\n")
@@ -163,13 +179,14 @@ def sharpness_fragment(claims: pd.DataFrame | None, which: str) -> str:
             parts.append(f"*Not yet run: step `{step}`.*\n\n")
             continue
         if which == "f1":
-            parts.append(f"Verdict on F1: {_verdict(claims, 'F1', w)}.\n\n")
+            parts.append(f"Verdict on F1: {_verdict(claims, 'F1', w)}.\n\n" + _evidence(w, ("F1",)))
             parts.append(_fig(step, "sharpness_vs_alpha", f"World `{w}`: whole-model sharpness of θ(α) per run (left "
                               "panels, one per ρ) and the mean OOD accuracy of the same models (right)."))
             parts.append(_fig(step, "whole_vs_ood", f"World `{w}`: whole-model sharpness against mean OOD accuracy, "
                               "every run and α."))
         else:
-            parts.append(f"Verdict on F2: {_verdict(claims, 'F2', w)}.\n\nVerdict on F3: {_verdict(claims, 'F3', w)}.\n\n")
+            parts.append(f"Verdict on F2: {_verdict(claims, 'F2', w)}.\n\nVerdict on F3: {_verdict(claims, 'F3', w)}.\n\n"
+                         + _evidence(w, ("F2", "F3")))
             cols = ["layer", "rho", "mean", "ci_low", "ci_high", "n_pos", "n_neg", "stouffer_p", "n_runs_used"]
             parts.append("Within-run Kendall τ between each layer's sharpness and mean OOD accuracy, combined "
                          "across runs (mean τ, bootstrap interval over runs, runs with positive/negative τ, "
@@ -189,7 +206,7 @@ def f4_fragment(claims: pd.DataFrame | None) -> str:
             lst = "; ".join(f"`{r}`: {', '.join(g['layer'])}" for r, g in st.groupby("run", sort=False))
             parts.append(f"Straggler layers (top {int(st['rank'].max())} by {st['by'].iloc[0]}): {lst}.\n\n")
         parts.append(_fig(f"{w}-stragglers", "layer_barriers", f"World `{w}`: barrier and OOD drop of each single-layer path."))
-        parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w)}.\n\n")
+        parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w)}.\n\n" + _evidence(w, ("F4",)))
         if (_root() / f"{w}-sparsity" / "manifest.json").is_file() and _read(f"{w}-sparsity", "summary") is None:
             parts.append("No run of this world is in the failure mode, so the sparsity step had nothing to rescue.\n\n")
             continue
