@@ -159,3 +159,14 @@ def test_verdict_with_contrast_and_bad_input():
         ev.path_matrices(pd.concat([ev.synthetic_tables(3)[0], ev.synthetic_tables(3)[0].assign(rho=0.01)]))
     with pytest.raises(ParameterError, match="shape"):
         stats.same_alpha_tau(np.ones((4, 2)), np.ones((4, 3)))
+
+
+def test_f3_reports_every_layer_at_the_fine_tuned_end():
+    sharp, summary = ev.synthetic_tables(n_runs=8, seed=2, layers=LAYERS)
+    summary.loc[:2, "failure_mode"] = True  # both classes, so AUROC is defined
+    e = ev.f3_evidence("w", sharp, summary, n_boot=100, n_perm=99)
+    st = e.details["statistic"]
+    for layer in LAYERS:
+        assert st.str.contains(rf"τ across runs\({layer} sharpness at α=1, OOD gain\)").any()
+        assert st.str.contains(rf"AUROC\({layer} sharpness").any()
+    assert ((e.details["verdict"] == "reported") | e.details["claim"].ne("F3")).all()

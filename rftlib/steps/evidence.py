@@ -330,6 +330,7 @@ def f3_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
     claim = Claim("F3", world, stat, c["mean"], c["ci_low"], c["ci_high"], c["stouffer_p"], v)
     det = [_detail("F3", world, f"mean within-run τ({l} sharpness, OOD acc)", {**comb[l], "p_value": comb[l]["stouffer_p"]},
                    comb[l]["n_runs_used"]) for l in layers]
+    det += _endpoint_rows(world, mats, summary, n_boot, seed)
     power = []
     if r is not None:
         det.append(_detail("F3", world, f"same-α τ across runs({best} sharpness, OOD acc)", r, len(runs)))
@@ -337,6 +338,25 @@ def f3_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
             power.append({"claim": "F3", "world": world, "statistic": f"same-α τ({best} sharpness, OOD acc)",
                           "n_runs": len(runs), "mde": mde_across_runs(X, Y, alpha=a_b, n_perm=n_perm, seed=seed)})
     return Evidence([claim], *_frames(power, det))
+
+
+def _endpoint_rows(world: str, mats: Mapping[str, tuple], summary: pd.DataFrame | None, n_boot: int,
+                   seed: int) -> list[dict]:
+    """Per layer: does its sharpness at θ_ft predict the run's OOD gain (τ) and failure (AUROC)?"""
+    if summary is None or not {"gain_over_zs", "failure_mode"} <= set(summary.columns):
+        return []
+    out = []
+    s = summary.set_index("run")
+    for layer, (runs, alphas, X, _) in mats.items():
+        if len(runs) < MIN_RUNS or not set(runs) <= set(s.index):
+            continue
+        sub, cl = s.loc[runs], _clusters(runs, summary)
+        r = across_run_test(X[:, -1], sub["gain_over_zs"].to_numpy(float), cl, n_boot=n_boot, n_perm=999, seed=seed)
+        out.append(_detail("F3", world, f"τ across runs({layer} sharpness at α={alphas[-1]:g}, OOD gain)", r, len(runs)))
+        a = auroc(sub["failure_mode"].astype(bool).to_numpy(), X[:, -1], cl, n_boot=n_boot, seed=seed)
+        if np.isfinite(a["value"]):
+            out.append(_detail("F3", world, f"AUROC({layer} sharpness at α={alphas[-1]:g}; failure vs success)", a, len(runs)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
