@@ -31,7 +31,7 @@ from typing import Sequence
 from rftlib.errors import ParameterError, RftError
 from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 
@@ -218,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rft``; returns the exit code (also raised as ``SystemExit`` by ``--help``)."""
     args = build_parser().parse_args(argv)
+    from rftlib.book.runner import StepInterrupted
+
     try:
         return int(args.func(args) or 0)
+    except StepInterrupted as e:
+        _echo(f"rft: {e}")
+        return EXIT_INTERRUPTED
     except (ParameterError, FileNotFoundError) as e:
         if os.environ.get("RFT_DEBUG"):
             raise
@@ -232,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         _echo("rft: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _console() -> None:  # pragma: no cover - python -m rftlib.cli

@@ -29,7 +29,7 @@ What it does, per run of the grid: every rank builds θ_zs (same seed, same weig
 :func:`rftlib.models.finetune.finetune` trains it under ``DistributedDataParallel`` (each rank takes its
 slice of every global batch, so the result equals one process with the same global batch and seed).
 Rank 0 writes ``<runs-root>/<world or setting>/<run>/theta_ft.safetensors`` and ``manifest.json`` in
-the layout of :func:`rftlib.steps.common.finetune_grid`; a run whose manifest holds the same recipe and
+the layout of :func:`rftlib.steps.finetune.finetune_grid`; a run whose manifest holds the same recipe and
 parent checkpoint is skipped (``--force`` re-runs it); an interrupted run resumes from its last
 epoch (``state.pt``).
 
@@ -151,7 +151,7 @@ def paper_job(args: argparse.Namespace, device: torch.device) -> Job:
 
 
 def cached(folder: Path, recipe: Recipe, parent: str) -> bool:
-    """Same test as rftlib.steps.common.finetune_grid: weights present, manifest with this recipe and parent."""
+    """Same test as rftlib.steps.finetune.finetune_grid: weights present, manifest with this recipe and parent."""
     mp = folder / "manifest.json"
     if not (mp.is_file() and (folder / "theta_ft.safetensors").is_file()):
         return False

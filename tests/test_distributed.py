@@ -353,17 +353,16 @@ def _script_env():
 @pytest.fixture
 def tiny_world(tmp_path):
     """A copy of the digits world on rft-tiny, with its own checkpoint and manifest."""
-    from rftlib.models.checkpoints import save_state_dict, sha256
     from rftlib.models.factory import create_clip
+    from rftlib.worlds.world import load_world, save_world_checkpoint
 
-    folder = tmp_path / "world"
+    folder = tmp_path / "tinydigits"
     folder.mkdir()
     cfg = yaml.safe_load((ROOT / "worlds" / "digits" / "world.yaml").read_text())
     cfg.update(name="tinydigits", model="rft-tiny")
     (folder / "world.yaml").write_text(yaml.safe_dump(cfg))
     clip, _ = create_clip("rft-tiny", seed=0)
-    save_state_dict(folder / "zeroshot.safetensors", clip.state_dict())
-    (folder / "manifest.json").write_text(json.dumps({"sha256": sha256(folder / "zeroshot.safetensors")}))
+    save_world_checkpoint(load_world(folder / "world.yaml"), clip.state_dict())
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"defaults": {"epochs": 1, "batch_size": 32, "warmup_steps": 1, "n_train": 96, "seed": 0},
                                     "runs": [{"name": "t1", "lr": 1e-3, "augment": "standard"},
@@ -375,7 +374,8 @@ def tiny_world(tmp_path):
 def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
     from rftlib.models.checkpoints import load_state_dict
     from rftlib.models.finetune import finetune
-    from rftlib.steps.common import finetune_grid, id_training_data, load_grid
+    from rftlib.steps.common import id_training_data, load_grid
+    from rftlib.steps.finetune import finetune_grid
     from rftlib.worlds.world import load_world
 
     world_yaml, grid = tiny_world
@@ -406,7 +406,7 @@ def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
     assert_same_theta_ft(load_state_dict(folder / "theta_ft.safetensors"), single,
                          lambda: world.zeroshot_classifier(verify=False), x[:32])
 
-    # the notebook step (rftlib.steps.common.finetune_grid) finds the run done and reuses it
+    # the notebook step (rftlib.steps.finetune.finetune_grid) finds the run done and reuses it
     hist = finetune_grid(world, [recipe], runs_root=runs, progress=False)
     assert hist["cached"].all()
 

@@ -331,7 +331,7 @@ def test_openai_weights_on_a_gelu_architecture_are_refused(tmp_path, weights, im
 
 
 def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
-    from rftlib.steps import layerwise as layerstudy, common as study
+    from rftlib.steps import common as study, finetune, interpolate, stragglers, zeroshot
     from rftlib.models.finetune import Recipe
 
     x, y = study.id_training_data(world)
@@ -339,31 +339,31 @@ def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
     batch = x[torch.tensor([0, 5])]
     assert batch.shape == (2, 3, 28, 28) and x[:4][torch.tensor([1])].shape == (1, 3, 28, 28)
 
-    zs = study.zeroshot_rows(world, 4)
+    zs = zeroshot.zeroshot_rows(world, 4)
     assert list(zs["split"]) == world.all_splits and (zs["n"] == 4).all() and (zs["run"] == "zeroshot").all()
 
     recipe = Recipe(name="t", lr=1e-4, epochs=1, batch_size=4, warmup_steps=1, augment="standard", n_train=8)
     runs = tmp_path / "runs"
-    hist = study.finetune_grid(world, [recipe], runs_root=runs, progress=False)
+    hist = finetune.finetune_grid(world, [recipe], runs_root=runs, progress=False)
     assert len(hist) == 1 and not hist["cached"].any()
     assert (runs / world.name / "t" / "theta_ft.safetensors").is_file()
     m = json.loads((runs / world.name / "t" / "manifest.json").read_text())
     assert m["inputs"]["theta_zs"] == world.verify_checkpoint()
-    assert study.finetune_grid(world, [recipe], runs_root=runs, progress=False)["cached"].all()
+    assert finetune.finetune_grid(world, [recipe], runs_root=runs, progress=False)["cached"].all()
 
-    curves = study.sweep_runs(world, ["t"], [0.0, 0.5, 1.0], 4, runs_root=runs, progress=False)
+    curves = interpolate.sweep_runs(world, ["t"], [0.0, 0.5, 1.0], 4, runs_root=runs, progress=False)
     assert len(curves) == 9 and set(curves["split"]) == set(world.all_splits)
     at0 = curves[curves["alpha"] == 0.0].set_index("split")
     assert np.allclose(at0.loc[list(zs["split"]), "loss"], zs["loss"], rtol=1e-5)
 
-    xs, ys = layerstudy.sharpness_data(world, 4)
+    xs, ys = study.sharpness_data(world, 4)
     assert isinstance(xs, torch.Tensor) and xs.shape == (4, 3, 28, 28) and ys.shape == (4,)
-    paths = layerstudy.straggler_paths(world, "t", 3, 4, runs, controls=False, progress=False)
+    paths = stragglers.straggler_paths(world, "t", 3, 4, runs, controls=False, progress=False)
     assert set(paths["split"]) == set(world.all_splits) and (paths["n"] == 4).all()
 
 
 def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, monkeypatch):
-    from rftlib.steps import common as study
+    from rftlib.steps import common as study, zeroshot
 
     monkeypatch.setenv("RFT_CLIP_WEIGHTS", str(weights))
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))
@@ -374,7 +374,7 @@ def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, mon
     assert splits["cifar10.1"][0][0].shape == (3, 28, 28)
     x, y = study.id_training_data(w)
     assert len(x) == 20 and x[torch.tensor([3])].shape == (1, 3, 28, 28)
-    zs = study.zeroshot_rows(w, 4)
+    zs = zeroshot.zeroshot_rows(w, 4)
     assert list(zs["n"]) == [4, 4, 3] and w.zeroshot_classifier().num_classes == 10
     assert w.problems() == []
 
@@ -406,7 +406,7 @@ def test_paper_pipelines_validate_except_for_missing_weights_and_data(monkeypatc
 
 
 def test_paper_cifar10_pipeline_validates_with_weights_and_data(cifar_root, weights, monkeypatch):
-    from rftlib.book.validation import check_zeroshot
+    from rftlib.steps import zeroshot
 
     monkeypatch.setenv("RFT_CLIP_WEIGHTS", str(weights))  # validation only checks that the file is there
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))
@@ -415,7 +415,7 @@ def test_paper_cifar10_pipeline_validates_with_weights_and_data(cifar_root, weig
                             "cifar10-sharpness", "cifar10-sparsity"]
     assert all(p["world"] == "paper-cifar10" for p in params.values())
     with pytest.raises(ParameterError, match="cannot pretrain paper setting"):
-        check_zeroshot({"world": "paper-cifar10", "recreate": True, "n_eval": 10})
+        zeroshot.Params(world="paper-cifar10", recreate=True, n_eval=10)
 
 
 def test_missing_data_sets_are_listed_with_the_variable(imagenet_root, weights, monkeypatch):
@@ -458,7 +458,9 @@ def test_finetune_script_on_a_paper_setting_is_reused_by_the_notebook_step(tmp_p
     assert m["parameters"]["model"] == "rft-tiny" and m["parameters"]["image_size"] == 28
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))
     w = load_world(path)
-    hist = study.finetune_grid(w, study.load_grid(grid), runs_root=tmp_path / "runs", progress=False)
+    from rftlib.steps.finetune import finetune_grid
+
+    hist = finetune_grid(w, study.load_grid(grid), runs_root=tmp_path / "runs", progress=False)
     assert hist["cached"].all()
 
 

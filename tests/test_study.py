@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from rftlib.errors import ParameterError
+from rftlib.steps.common import load_grid, select_runs
 from rftlib.steps.interpolate import claim_p1
-from rftlib.steps.layerwise import claim_f4, select_runs
-from rftlib.steps.common import load_grid
+from rftlib.steps.sparsity import claim_f4
 
 
 def test_default_grid_has_lr_by_augmentation():

@@ -1,17 +1,16 @@
 """Notebook parameters: read them, load parameter files, apply overrides, validate before running.
 
 A notebook declares its parameters in one cell tagged ``parameters`` (papermill's convention):
-literals only, one per line, each with a trailing comment giving its meaning::
+literals only, one per line, each with a trailing comment (without ``=``, which papermill's reader
+cannot take) giving its meaning::
 
-    world = "fashion"      # str: which miniature world
-    alpha = 0.5            # float: interpolation coefficient, 0 = zero-shot, 1 = fine-tuned
-    layers = [0, 1]        # list[int]: layers to interpolate
-    budget: int | None = None  # optional annotation: types a None default
+    world = "fashion"  # str: which miniature world
+    layers = [0, 1]  # list[int]: layers to interpolate
 
-The parameter's type is its annotation where there is one, else the type its comment declares
-before a colon (``list[str]: ...``, ``int or None: ...``) when that admits the default, else the
-default's own type. An ``int`` is accepted for a ``float``; a list's elements are checked against the
-element type; a ``None`` default without a declared type accepts anything.
+A study notebook's parameters are those of its step's parameter object (:data:`rftlib.steps.STEPS`,
+keyed by the notebook's file name stem), which is their only validation: names with "did you mean",
+types, ranges and the rules between parameters (:mod:`rftlib.steps.parameters`). Any other notebook
+gets its names checked and each value against the type of its default (an ``int`` is a ``float``).
 
 Parameter files live in ``notebooks/params/<name>.yaml``. Three forms, told apart by their keys:
 
@@ -34,7 +33,7 @@ Parameter files live in ``notebooks/params/<name>.yaml``. Three forms, told apar
         notebook: notebooks/finetune.ipynb
         parameters: {epochs: 1}
         inputs: {theta_zs: book/results/pretrain/theta_zs.safetensors}
-        validate: rftlib.book.validation:check_finetune
+        validate: mypackage.checks:check_finetune
 
 Values are YAML 1.2 scalars: ``1e-3`` is a float and only ``true``/``false`` are booleans.
 
@@ -46,23 +45,24 @@ Example:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib
-import io
 import os
 import re
-import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from rftlib.errors import ParameterError
 from rftlib.files.manifest import portable_path, repo_root
 
+if TYPE_CHECKING:
+    from rftlib.steps.parameters import StepParams
+
 PARAMS_DIR = Path("notebooks") / "params"
-PARAMETERS_TAG = "parameters"
 
 # ---------------------------------------------------------------------------------------------
 # YAML with YAML 1.2 scalars (PyYAML follows 1.1: "1e-3" is a string there and "no" is False)
@@ -97,294 +97,76 @@ def yaml_load(text: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Types
-
-
-@dataclass(frozen=True)
-class ParamType:
-    """A parameter type: ``any``, ``none``, ``bool``, ``int``, ``float``, ``str``, ``list``,
-    ``dict`` or ``union``; ``args`` holds a list's element type or a union's members."""
-
-    kind: str
-    args: tuple["ParamType", ...] = ()
-
-    def __str__(self) -> str:
-        if self.kind == "list":
-            return f"list[{self.args[0]}]" if self.args and self.args[0].kind != "any" else "list"
-        if self.kind == "union":
-            return " | ".join(str(a) for a in self.args)
-        return "None" if self.kind == "none" else self.kind
-
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` is of this type (an int is a float; a bool is not an int).
-
-        Example:
-            >>> ParamType("float").accepts(3), ParamType("int").accepts(True)
-            (True, False)
-            >>> ParamType("list", (ParamType("int"),)).accepts([1, "2"])
-            False
-        """
-        k = self.kind
-        if k == "any":
-            return True
-        if k == "none":
-            return value is None
-        if k == "bool":
-            return isinstance(value, bool)
-        if k == "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        if k == "float":
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-        if k == "str":
-            return isinstance(value, str)
-        if k == "dict":
-            return isinstance(value, Mapping)
-        if k == "list":
-            if not isinstance(value, (list, tuple)):
-                return False
-            elem = self.args[0] if self.args else ParamType("any")
-            return all(elem.accepts(v) for v in value)
-        if k == "union":
-            return any(a.accepts(value) for a in self.args)
-        return True
-
-    def coerce(self, value: Any) -> Any:
-        """``value`` in this type's canonical form (ints become floats for a float; tuples lists)."""
-        k = self.kind
-        if k == "float" and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if k == "list" and isinstance(value, (list, tuple)):
-            elem = self.args[0] if self.args else ParamType("any")
-            return [elem.coerce(v) for v in value]
-        if k == "union":
-            for a in self.args:
-                if a.accepts(value):
-                    return a.coerce(value)
-        return value
-
-
-ANY = ParamType("any")
-
-
-def _union(types: Iterable[ParamType]) -> ParamType:
-    uniq: list[ParamType] = []
-    for t in types:
-        for m in (t.args if t.kind == "union" else (t,)):
-            if m not in uniq:
-                uniq.append(m)
-    if any(t.kind == "any" for t in uniq):
-        return ANY
-    if ParamType("float") in uniq and ParamType("int") in uniq:
-        uniq.remove(ParamType("int"))
-    return uniq[0] if len(uniq) == 1 else ParamType("union", tuple(uniq))
-
-
-def type_of_default(value: Any) -> ParamType:
-    """The type a default value implies (``None`` implies ``any``).
-
-    Example:
-        >>> str(type_of_default([1, 2.5])), str(type_of_default(None)), str(type_of_default(["a"]))
-        ('list[float]', 'any', 'list[str]')
-    """
-    if value is None:
-        return ANY
-    for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if isinstance(value, cls):
-            return ParamType(kind)
-    if isinstance(value, (list, tuple)):
-        return ParamType("list", (_union(type_of_default(v) for v in value) if value else ANY,))
-    if isinstance(value, Mapping):
-        return ParamType("dict")
-    return ANY
-
-
-_NAMES = {
-    "int": ParamType("int"), "float": ParamType("float"), "str": ParamType("str"),
-    "bool": ParamType("bool"), "list": ParamType("list", (ANY,)), "List": ParamType("list", (ANY,)),
-    "tuple": ParamType("list", (ANY,)), "Tuple": ParamType("list", (ANY,)),
-    "dict": ParamType("dict"), "Dict": ParamType("dict"), "None": ParamType("none"),
-}
-
-
-def _type_from_annotation(node: ast.expr | None) -> ParamType:
-    """A :class:`ParamType` from an annotation's AST; unknown annotations give ``any``."""
-    if node is None:
-        return ANY
-    if isinstance(node, ast.Constant) and node.value is None:
-        return ParamType("none")
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # "int | None" as a string
-        try:
-            return _type_from_annotation(ast.parse(node.value, mode="eval").body)
-        except SyntaxError:
-            return ANY
-    if isinstance(node, ast.Attribute):  # typing.List
-        return _NAMES.get(node.attr, ANY)
-    if isinstance(node, ast.Name):
-        return _NAMES.get(node.id, ANY)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _union([_type_from_annotation(node.left), _type_from_annotation(node.right)])
-    if isinstance(node, ast.Subscript):
-        base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
-        sub = node.slice
-        items = list(sub.elts) if isinstance(sub, ast.Tuple) else [sub]
-        if base == "Optional":
-            return _union([_type_from_annotation(items[0]), ParamType("none")])
-        if base == "Union":
-            return _union(_type_from_annotation(i) for i in items)
-        if base in ("list", "List", "Sequence", "tuple", "Tuple"):
-            items = [i for i in items if not (isinstance(i, ast.Constant) and i.value is Ellipsis)]
-            return ParamType("list", (_union(_type_from_annotation(i) for i in items) if items else ANY,))
-        if base in ("dict", "Dict", "Mapping"):
-            return ParamType("dict")
-    return ANY
-
-
-_COMMENT_TYPE = re.compile(r"^\s*([A-Za-z_][\w\[\], |.]*?)\s*:(?:\s|$)")
-
-
-def _type_from_comment(comment: str) -> ParamType | None:
-    """The type a parameter's comment declares before a colon (``"list[str]: run names"``,
-    ``"int or None: ..."``), or ``None`` when it declares none that is known.
-
-    Example:
-        >>> str(_type_from_comment("int or None: epochs")), _type_from_comment("note: text")
-        ('int | None', None)
-    """
-    m = _COMMENT_TYPE.match(comment or "")
-    if not m:
-        return None
-    text = re.sub(r"\s+or\s+", " | ", m.group(1))
-    try:
-        node = ast.parse(text, mode="eval").body
-    except SyntaxError:
-        return None
-    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-    known = set(_NAMES) | {"Optional", "Union", "Sequence", "Mapping"}
-    if not names or not names <= known:
-        return None
-    t = _type_from_annotation(node)
-    return None if t.kind == "any" else t
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a notebook's parameters cell
+# A notebook's parameters
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One declared parameter: its name, default value, type and the comment that explains it."""
+    """One declared parameter: its name, default value, type and what it means."""
 
     name: str
     default: Any
-    type: ParamType
+    type: str = "any"
     help: str = ""
 
 
-def _read_notebook(notebook: str | os.PathLike) -> Any:
-    import nbformat
-
-    p = resolve_path(notebook, kind="notebook")
-    try:
-        return nbformat.read(str(p), as_version=4)
-    except Exception as e:  # noqa: BLE001 - nbformat raises several types
-        raise ParameterError(f"cannot read notebook {portable_path(p)}: {e}") from e
-
-
-def parameters_cell(nb: Any) -> tuple[int, str] | None:
-    """Index and source of the first cell tagged ``parameters`` in a notebook node, or ``None``."""
-    for i, cell in enumerate(nb.cells):
-        if cell.get("cell_type") == "code" and PARAMETERS_TAG in cell.get("metadata", {}).get("tags", []):
-            return i, cell.source
-    return None
-
-
-def _comments(source: str) -> dict[int, str]:
-    out: dict[int, str] = {}
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                out[tok.start[0]] = tok.string.lstrip("#").strip()
-    except (tokenize.TokenError, IndentationError):
-        pass
-    return out
-
-
-def parse_parameters_source(source: str, where: str = "parameters cell") -> dict[str, ParamSpec]:
-    """Parse a parameters cell's source into :class:`ParamSpec` s, in order.
-
-    Each top-level ``name = literal`` or ``name: annotation = literal`` is a parameter; its help is
-    the trailing comment (or the comment lines just above). Other statements are ignored.
-
-    Raises:
-        ParameterError: the cell is not valid Python, or a value is not a literal.
+def step_class(notebook: str | os.PathLike) -> type[StepParams] | None:
+    """The parameter class of a study notebook (:data:`rftlib.steps.STEPS`, by file name stem), or ``None``.
 
     Example:
-        >>> specs = parse_parameters_source("alpha = 0.5  # float: coefficient\\nn: int | None = None")
-        >>> [(s.name, s.default, str(s.type), s.help) for s in specs.values()]
-        [('alpha', 0.5, 'float', 'float: coefficient'), ('n', None, 'int | None', '')]
+        >>> step_class("notebooks/sharpness.ipynb").__module__, step_class("tests/fixtures/dummy.ipynb")
+        ('rftlib.steps.sharpness', None)
     """
-    lines = source.splitlines()
-    clean = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in lines)
+    from rftlib.steps import STEPS
+
+    return STEPS.get(Path(notebook).stem)
+
+
+def _literal(name: str, text: str, where: str) -> Any:
     try:
-        tree = ast.parse(clean)
-    except SyntaxError as e:
-        raise ParameterError(f"{where} is not valid Python (line {e.lineno}: {e.msg})") from e
-    comments = _comments(clean)
-    specs: dict[str, ParamSpec] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
-            names, value, ann = [t.id for t in node.targets], node.value, None
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            names, value, ann = [node.target.id], node.value, node.annotation
-        else:
-            continue
-        try:
-            default = ast.literal_eval(value)
-        except (ValueError, SyntaxError, TypeError) as e:
-            raise ParameterError(
-                f"{where}, line {node.lineno}: the value of {names[0]!r} is not a literal "
-                f"({ast.get_source_segment(clean, value)!r}); parameters must be literals, "
-                "derived values belong in a later cell"
-            ) from e
-        help_text = comments.get(node.end_lineno or node.lineno) or comments.get(node.lineno, "")
-        if not help_text:  # comment lines directly above
-            above, ln = [], node.lineno - 1
-            while ln >= 1 and lines[ln - 1].strip().startswith("#"):
-                above.insert(0, lines[ln - 1].strip().lstrip("#").strip())
-                ln -= 1
-            help_text = " ".join(above)
-        if ann is not None:
-            ptype = _type_from_annotation(ann)
-        else:  # the comment's declared type when it admits the default ("list[str]: ..." for []),
-            declared = _type_from_comment(help_text)  # else the default's own type
-            ptype = declared if declared is not None and declared.accepts(default) else type_of_default(default)
-        for name in names:
-            specs[name] = ParamSpec(name, default, ptype, help_text)
-    return specs
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ParameterError(
+            f"{where}: the value of {name!r} is not a literal ({text!r}); parameters must be literals, "
+            "derived values belong in a later cell"
+        ) from e
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, ParamSpec]:
-    """The parameters a notebook declares in its ``parameters`` cell (empty if it has none)."""
-    nb = _read_notebook(notebook)
-    found = parameters_cell(nb)
-    if found is None:
-        return {}
-    index, source = found
-    return parse_parameters_source(source, where=f"{portable_path(resolve_path(notebook))} cell {index}")
+    """The parameters a notebook declares in its ``parameters`` cell (:func:`papermill.inspect_notebook`;
+    empty if it has none), typed and documented by its step's parameter class where it has one.
 
+    Example:
+        >>> specs = notebook_parameters("notebooks/sharpness.ipynb")
+        >>> specs["rhos"].type, specs["rhos"].default
+        ('list[float]', [0.004])
+    """
+    import papermill as pm
 
-def notebook_validator(notebook: str | os.PathLike) -> str | None:
-    """The ``"module:function"`` check named in the notebook's metadata (``metadata.rft.validate``)."""
-    meta = _read_notebook(notebook).metadata.get("rft", {})
-    return meta.get("validate") if isinstance(meta, Mapping) else None
+    path = resolve_path(notebook, kind="notebook")
+    where = portable_path(path)
+    try:
+        found = pm.inspect_notebook(str(path))
+    except Exception as e:  # noqa: BLE001 - nbformat and papermill raise several types
+        raise ParameterError(f"cannot read notebook {where}: {e}") from e
+    cls = step_class(path)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+    specs = {}
+    for name, info in found.items():
+        default = _literal(name, info["default"], where)
+        f = fields.get(name)
+        kind = str(f.type) if f is not None else type(default).__name__ if default is not None else "any"
+        doc = f.metadata.get("doc", "") if f is not None else info.get("help", "")
+        specs[name] = ParamSpec(name, default, kind, doc)
+    return specs
 
 
 def format_parameters(notebook: str | os.PathLike) -> str:
-    """A table of a notebook's parameters: name, type, default and comment (for ``rft params``)."""
+    """A table of a notebook's parameters: name, type, default and meaning (for ``rft params``)."""
     specs = notebook_parameters(notebook)
     if not specs:
         return f"{portable_path(resolve_path(notebook))} has no cell tagged 'parameters'."
-    rows = [(s.name, str(s.type), repr(s.default), s.help) for s in specs.values()]
+    rows = [(s.name, s.type, repr(s.default), s.help) for s in specs.values()]
     head = ("name", "type", "default", "meaning")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
@@ -439,44 +221,44 @@ def load_check(spec: str | Callable[[dict], Any]) -> Callable[[dict], Any]:
         raise ParameterError(f"validate hook {spec!r} cannot be loaded: {e}") from e
 
 
-def check_params(
-    specs: Mapping[str, ParamSpec], params: Mapping[str, Any], where: str = "the notebook"
-) -> dict[str, Any]:
-    """Check names and types of ``params`` against ``specs``; return them coerced (int → float).
-
-    Raises:
-        ParameterError: listing every unknown name (with close matches and the allowed names) and
-            every value of the wrong type (name, value, expected type).
-
-    Example:
-        >>> specs = parse_parameters_source("alpha = 0.5\\nepochs = 2")
-        >>> check_params(specs, {"alpha": 1})
-        {'alpha': 1.0}
-        >>> check_params(specs, {"epoch": 3})
-        Traceback (most recent call last):
-        ...
-        rftlib.errors.ParameterError: unknown parameter 'epoch' for the notebook (did you mean 'epochs'?); allowed: alpha, epochs
-    """
+def _check_plain(specs: Mapping[str, ParamSpec], params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Names, and each value against its default's type, for a notebook without a parameter class."""
     problems: list[str] = []
     out: dict[str, Any] = {}
     allowed = ", ".join(specs) or "(none: the notebook has no parameters cell)"
     for name, value in params.items():
         spec = specs.get(name)
         if spec is None:
-            close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.7)
-            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            close = difflib.get_close_matches(name, list(specs), n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown parameter {name!r} for {where}{hint}; allowed: {allowed}")
             continue
-        if not spec.type.accepts(value):
-            hint = " (quote it to pass a string)" if spec.type.kind == "str" and value is not None else ""
-            problems.append(
-                f"parameter {name!r} must be {spec.type}, got {type(value).__name__} {value!r}{hint}"
-            )
+        kind = spec.type
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool), "float": number,
+              "bool": isinstance(value, bool), "str": isinstance(value, str),
+              "list": isinstance(value, (list, tuple)), "dict": isinstance(value, Mapping)}.get(kind, True)
+        if not ok:
+            problems.append(f"parameter {name!r} must be {kind}, got {type(value).__name__} {value!r}")
             continue
-        out[name] = spec.type.coerce(value)
+        out[name] = float(value) if kind == "float" else list(value) if kind == "list" else value
     if problems:
         raise ParameterError("; ".join(problems))
     return out
+
+
+def _checked(notebook: Path, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The given parameters checked (and the results folders resolved), and the full parameter dict."""
+    cls = step_class(notebook)
+    if cls is None:
+        specs = notebook_parameters(notebook)
+        out = _check_plain(specs, params, portable_path(notebook))
+        return out, {**{k: s.default for k, s in specs.items()}, **out}
+    obj = cls.from_mapping(params)
+    full = obj.to_dict()
+    defaults = cls.defaults()
+    resolved = {k for k, v in defaults.items() if k.endswith("_dir") and v == "" and k not in params}
+    return {k: full[k] for k in [*params, *sorted(resolved)]}, full
 
 
 def validate_params(
@@ -484,27 +266,27 @@ def validate_params(
     params: Mapping[str, Any],
     extra_checks: str | Callable[[dict], Any] | Sequence[str | Callable[[dict], Any]] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``params`` for ``notebook`` before running it; return them coerced.
+    """Validate ``params`` for ``notebook`` before running it; return them in canonical form.
 
-    Checks names and types against the notebook's parameters cell, then runs ``extra_checks``
-    (callables or ``"module:function"`` names, called with the full parameter dict: defaults
-    updated with ``params``) and the check named in the notebook's metadata (``rft.validate``).
-    A check signals a bad value by raising ``ValueError`` (a plain one is re-raised as
-    :class:`ParameterError`).
+    A study notebook's parameters build its step's parameter object (:data:`rftlib.steps.STEPS`),
+    the only validation: names, types, ranges and the rules between parameters. The results folders
+    left empty come back resolved (``book/results/<world>-<step>``). Other notebooks get their names
+    checked, and each value against its default's type. Then ``extra_checks`` (callables or
+    ``"module:function"`` names) are called with the full parameter dict; a check signals a bad
+    value by raising ``ValueError``.
 
     Raises:
-        ParameterError: an unknown name, a wrong type, or a failed check.
+        ParameterError: an unknown name, a wrong type or value, or a failed check.
+
+    Example:
+        >>> validate_params("notebooks/stragglers.ipynb", {"k": 2, "world": "digits"})
+        {'k': 2, 'world': 'digits', 'interpolate_dir': 'book/results/digits-interpolate', 'out_dir': 'book/results/digits-stragglers'}
     """
-    where = portable_path(resolve_path(notebook, kind="notebook"))
-    specs = notebook_parameters(notebook)
-    out = check_params(specs, params, where=where)
+    src = resolve_path(notebook, kind="notebook")
+    out, full = _checked(src, params)
     checks: list[Any] = []
     if extra_checks is not None:
         checks.extend(extra_checks if isinstance(extra_checks, (list, tuple)) else [extra_checks])
-    meta_check = notebook_validator(notebook)
-    if meta_check and meta_check not in checks:
-        checks.append(meta_check)
-    full = {**{k: s.default for k, s in specs.items()}, **out}
     for check in checks:
         fn = load_check(check)
         try:
@@ -512,7 +294,8 @@ def validate_params(
         except ParameterError:
             raise
         except (ValueError, TypeError) as e:
-            raise ParameterError(f"parameters for {where} rejected by {getattr(fn, '__name__', fn)}: {e}") from e
+            raise ParameterError(
+                f"parameters for {portable_path(src)} rejected by {getattr(fn, '__name__', fn)}: {e}") from e
     return out
 
 
@@ -734,21 +517,16 @@ def load_param_file(name: str | os.PathLike, params_dir: str | os.PathLike | Non
 __all__ = [
     "ParamFile",
     "ParamSpec",
-    "ParamType",
     "Step",
     "apply_overrides",
-    "check_params",
     "find_param_file",
     "format_parameters",
     "load_check",
     "load_param_file",
     "notebook_parameters",
-    "notebook_validator",
-    "parameters_cell",
     "parse_override",
-    "parse_parameters_source",
     "resolve_path",
-    "type_of_default",
+    "step_class",
     "validate_params",
     "yaml_load",
 ]

@@ -538,18 +538,21 @@ class StepInterrupted(RftError):
 
 
 def _staging(out_dir: Path) -> Path:
-    return _sibling(out_dir, "staging")
+    """The staging folder of ``out_dir``: ``.<out>.staging/<out>``, so that the step sees a folder
+    of its own name (notebooks take their step name from it)."""
+    return _sibling(out_dir, "staging") / out_dir.name
 
 
 def _begin_staging(out_dir: Path) -> Path:
-    """A fresh ``.<out>.staging`` folder holding a copy of the current results (a step may reuse
-    what it wrote before, e.g. cached weights)."""
+    """A fresh staging folder holding a copy of the current results (a step may reuse what it
+    wrote before, e.g. cached weights)."""
     stage = _staging(out_dir)
-    _remove_tree(stage)
+    _remove_tree(stage.parent)
+    stage.parent.mkdir(parents=True)
     if out_dir.is_dir():
         shutil.copytree(out_dir, stage, symlinks=True)
     else:
-        stage.mkdir(parents=True)
+        stage.mkdir()
     return stage
 
 
@@ -562,6 +565,7 @@ def _publish(stage: Path, out_dir: Path) -> None:
         os.replace(out_dir, aside)
     os.replace(stage, out_dir)
     _remove_tree(aside)
+    _remove_tree(stage.parent)
 
 
 def _discard_quietly(path: Path) -> None:
@@ -687,7 +691,7 @@ def run_notebook(
                      timeout=timeout, start_timeout=start_timeout, step=step, kernel_env=kernel_env)
         _finish(src, stage, out, manifest, all_inputs)
     except BaseException:
-        _discard_quietly(stage)
+        _discard_quietly(stage.parent)
         raise
     secs = time.perf_counter() - t0
     say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
@@ -712,14 +716,18 @@ def _execute(src: Path, stage: Path, out: Path, checked: Mapping[str, Any], *, k
     pm_log = logging.getLogger("papermill")
     level = pm_log.level
     pm_log.setLevel(logging.ERROR)  # its own parameter parsing warns about comments holding '='
+    kernel_err = stage.parent / "kernel.stderr"
+    interrupted = False
     try:
-        pm.execute_notebook(
-            str(src), str(running), parameters=params, kernel_name=kernel_name, cwd=str(cwd),
-            execution_timeout=int(timeout) if timeout is not None else None, start_timeout=start_timeout,
-            progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-            kernel_manager_class=kernel_manager_class(kernel_env),
-        )
+        with open(kernel_err, "wb") as err:
+            pm.execute_notebook(
+                str(src), str(running), parameters=params, kernel_name=kernel_name, cwd=str(cwd),
+                execution_timeout=int(timeout) if timeout is not None else None, start_timeout=start_timeout,
+                progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                kernel_manager_class=_stderr_to(kernel_manager_class(kernel_env), err),
+            )
     except KeyboardInterrupt:
+        interrupted = True
         _quiet_after_interrupt()
         raise StepInterrupted(step, out) from None
     except Exception as e:  # noqa: BLE001 - every failure of the notebook is reported the same way
@@ -727,6 +735,31 @@ def _execute(src: Path, stage: Path, out: Path, checked: Mapping[str, Any], *, k
         raise _execution_error(src, e, failed, timeout) from e
     finally:
         pm_log.setLevel(level)
+        _relay_kernel_stderr(kernel_err, show=not interrupted)
+
+
+def _stderr_to(manager: type, err: Any) -> type:
+    """``manager`` whose kernels write their own stderr (not the cells': those are outputs) to
+    the open file ``err``, so that a kernel's complaints while it is shut down after Ctrl-C do
+    not reach the terminal; :func:`_relay_kernel_stderr` shows them otherwise."""
+
+    class KernelStderrToFile(manager):  # type: ignore[misc, valid-type]
+        async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+            kw.setdefault("stderr", err)
+            return await super()._async_pre_start_kernel(**kw)
+
+    return KernelStderrToFile
+
+
+def _relay_kernel_stderr(path: Path, show: bool) -> None:
+    """Copy what the kernel wrote to its stderr to ours (unless ``show`` is false); never raises."""
+    try:
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        if show and text.strip():
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _quiet_after_interrupt() -> None:

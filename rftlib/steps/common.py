@@ -1,10 +1,9 @@
-"""The robust fine-tuning study's steps: zero-shot evaluation, the fine-tuning grid, WiSE-FT sweeps.
+"""What the study's steps share: grid files, fine-tuned runs, the endpoints θ_zs and θ_ft, run
+selection, the sharpness data and the upstream steps' tables.
 
-Each step is one function that a thin notebook calls; it returns tidy tables (``results.md``
-columns) and leaves writing and plotting to the notebook. Fine-tuned weights live in
-``<runs_root>/<world>/<run>/theta_ft.safetensors`` with a ``manifest.json`` (recipe, seed, parent
-checkpoint hash, versions, commit, timings); a run whose manifest matches is reused, an interrupted
-one resumes from its last saved epoch.
+Fine-tuned weights live in ``<runs_root>/<world>/<run>/theta_ft.safetensors`` with a
+``manifest.json`` (recipe, seed, parent checkpoint hash, versions, commit, timings), written by
+:mod:`rftlib.steps.finetune`.
 
 Example:
     >>> grid = load_grid("notebooks/params/grids/quick.yaml")
@@ -15,21 +14,20 @@ Example:
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 import yaml
 
-from rftlib.models.checkpoints import load_state_dict, save_state_dict, sha256
-from rftlib.errors import CheckpointError, ParameterError
-from rftlib.core.evaluation import evaluate
-from rftlib.models.finetune import Recipe, finetune
-from rftlib.files.io import atomic_write_json
-from rftlib.files.manifest import build_manifest, repo_root
-from rftlib.core.sweep import interpolation_sweep
+from rftlib.core.interpolation import check_compatible
+from rftlib.core.verdicts import Claim
+from rftlib.errors import CheckpointError, NumericalError, ParameterError
+from rftlib.files.manifest import repo_root
+from rftlib.models.checkpoints import load_state_dict, sha256
+from rftlib.models.finetune import Recipe
 from rftlib.worlds.world import World
 
 
@@ -108,48 +106,6 @@ def id_training_data(world: World) -> tuple[torch.Tensor, torch.Tensor]:
     return render_split(x, world.id_style, seed=0), y
 
 
-def zeroshot_rows(world: World, n_eval: int, checkpoint: str | Path | None = None) -> pd.DataFrame:
-    """θ_zs evaluated on every split of the world: rows with ``run = "zeroshot"``, ``alpha = 0``."""
-    clf = world.zeroshot_classifier(checkpoint)
-    rows = evaluate(clf, world.eval_splits(n_eval), progress=True, desc=f"zero-shot {world.name}")
-    return pd.DataFrame([{"world": world.name, "run": "zeroshot", "alpha": 0.0, **r} for r in rows])
-
-
-def finetune_grid(world: World, recipes: Sequence[Recipe], runs_root: str | Path = "runs",
-                  force: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Fine-tune every recipe from the world's θ_zs; returns the per-epoch history of all runs.
-
-    A run whose ``manifest.json`` records the same recipe and parent checkpoint is reused
-    (``cached = True``), unless ``force``.
-    """
-    parent = world.verify_checkpoint()
-    x, y = id_training_data(world)
-    history = []
-    for r in recipes:
-        folder = run_folder(runs_root, world.name, r.name)
-        manifest_path = folder / "manifest.json"
-        if manifest_path.is_file() and (folder / "theta_ft.safetensors").is_file() and not force:
-            m = json.loads(manifest_path.read_text())
-            if m.get("parameters", {}).get("recipe") == r.to_dict() and m.get("inputs", {}).get("theta_zs") == parent:
-                history += [{**h, "world": world.name, "cached": True} for h in m.get("history", [])]
-                continue
-        torch.manual_seed(r.seed)
-        model = world.zeroshot_classifier(verify=False)
-        t0 = time.time()
-        theta_ft, hist = finetune(model, x, y, r, out_dir=folder, progress=progress)
-        seconds = time.time() - t0
-        save_state_dict(folder / "theta_ft.safetensors", theta_ft, metadata={"world": world.name, "run": r.name})
-        m = build_manifest({"world": world.name, "recipe": r.to_dict()}, seed=r.seed, inputs={})
-        m["inputs"] = {"theta_zs": parent}
-        m["history"] = hist
-        m["seconds"] = seconds
-        m["sha256"] = sha256(folder / "theta_ft.safetensors")
-        atomic_write_json(manifest_path, m)
-        (folder / "state.pt").unlink(missing_ok=True)
-        history += [{**h, "world": world.name, "cached": False} for h in hist]
-    return pd.DataFrame(history)
-
-
 def load_theta_ft(world: World, run: str, runs_root: str | Path = "runs") -> dict[str, torch.Tensor]:
     """θ_ft of a finished run, checked against its manifest's sha256."""
     folder = run_folder(runs_root, world.name, run)
@@ -164,29 +120,126 @@ def load_theta_ft(world: World, run: str, runs_root: str | Path = "runs") -> dic
     return load_state_dict(path)
 
 
-def sweep_runs(world: World, runs: Sequence[str], alphas: Sequence[float], n_eval: int,
-               runs_root: str | Path = "runs", progress: bool = True) -> pd.DataFrame:
-    """WiSE-FT curves of every run on every split (tidy: world, run, alpha, split, accuracy, loss, n)."""
+
+def load_endpoints(world: World, run: str | None = None, runs_root: str | Path = "runs"
+                   ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """The world's zero-shot classifier, a copy of its weights θ_zs, and θ_ft of ``run`` (or ``None``).
+
+    θ_ft is checked against θ_zs (:func:`check_endpoints`: same keys, shapes, dtypes, finite weights)."""
     model = world.zeroshot_classifier()
     theta_zs = {k: v.clone() for k, v in model.state_dict().items()}
-    splits = world.eval_splits(n_eval)
-    rows: list[dict[str, Any]] = []
-    for run in runs:
-        theta_ft = load_theta_ft(world, run, runs_root)
-        rows += interpolation_sweep(model, theta_zs, theta_ft, splits, alphas, world=world.name, run=run, progress=progress)
-    return pd.DataFrame(rows)
+    if run is None:
+        return model, theta_zs, None
+    theta_ft = load_theta_ft(world, run, runs_root)
+    check_endpoints(theta_zs, theta_ft)
+    return model, theta_zs, theta_ft
 
 
-def check_positive(**values: int) -> None:
-    """Raise :class:`ParameterError` unless every named value is a positive integer.
+def check_endpoints(theta_zs: Mapping[str, Any], theta_ft: Mapping[str, Any], num_classes: int | None = None,
+                    head_key: str = "head.weight") -> None:
+    """Check θ_zs and θ_ft before interpolating between them.
+
+    Same keys, shapes and dtypes (:func:`rftlib.core.interpolation.check_compatible`); when
+    ``num_classes`` is given, a head ``head_key`` with one row per class in both; every floating
+    tensor finite.
+
+    Raises:
+        ParameterError: mismatched architectures or class counts (naming the key and both shapes).
+        NumericalError: a NaN or infinite weight (naming the endpoint and the key).
 
     Example:
-        >>> check_positive(n_eval=10)
-        >>> check_positive(n_eval=0)
+        >>> zs = {"head.weight": torch.zeros(3, 4)}
+        >>> check_endpoints(zs, {"head.weight": torch.ones(3, 4)}, num_classes=3)
+        >>> check_endpoints(zs, {"head.weight": torch.ones(3, 4)}, num_classes=10)
         Traceback (most recent call last):
         ...
-        rftlib.errors.ParameterError: n_eval=0 must be a positive integer.
+        rftlib.errors.ParameterError: num_classes=10 does not match the head: head.weight of theta_zs has 3 rows (one per class); allowed: 3, or endpoints built for 10 classes
     """
-    for k, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ParameterError(f"{k}={v!r} must be a positive integer.")
+    check_compatible(theta_zs, theta_ft)
+    if num_classes is not None:
+        _check_head(theta_zs, num_classes, head_key)
+    for name, theta in (("theta_zs", theta_zs), ("theta_ft", theta_ft)):
+        for k, v in theta.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                n_bad = int((~torch.isfinite(v)).sum())
+                raise NumericalError(f"{name}[{k!r}] holds {n_bad} NaN/inf value(s) of {v.numel()}; "
+                                     "the checkpoint is corrupt or training diverged: re-create it.")
+
+
+def _check_head(theta_zs: Mapping[str, Any], num_classes: int, head_key: str) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ParameterError(f"num_classes={num_classes!r} is not a class count; allowed: an integer >= 1")
+    if head_key not in theta_zs:
+        heads = [k for k in theta_zs if "head" in k]
+        raise ParameterError(f"head_key={head_key!r} is not a key of the endpoints; allowed: "
+                             + (", ".join(repr(k) for k in heads) if heads else "the key of the classification head"))
+    rows = theta_zs[head_key].shape[0] if theta_zs[head_key].ndim else 0
+    if rows != num_classes:
+        raise ParameterError(f"num_classes={num_classes} does not match the head: {head_key} of theta_zs has "
+                             f"{rows} rows (one per class); allowed: {rows}, or endpoints built for {num_classes} classes")
+
+
+SELECTIONS = ("all", "failure", "failure+best")
+
+
+def select_runs(summary: pd.DataFrame, mode: str = "failure+best", max_runs: int | None = None) -> list[str]:
+    """Runs to study: ``all``; ``failure`` (runs in the failure mode); ``failure+best`` (those plus the
+    run with the largest OOD gain over both endpoints). At most ``max_runs`` failure runs, the
+    deepest failures (most negative gain over θ_zs) first.
+
+    Example:
+        >>> s = pd.DataFrame({"run": ["a", "b", "c"], "failure_mode": [True, False, True],
+        ...                   "gain_over_zs": [-0.02, 0.01, -0.05], "gain_over_both": [-.02, .01, -.05]})
+        >>> select_runs(s), select_runs(s, "failure", max_runs=1)
+        (['c', 'a', 'b'], ['c'])
+    """
+    if mode not in SELECTIONS:
+        raise ParameterError(f"run selection {mode!r} must be one of {SELECTIONS}.")
+    if mode == "all":
+        return list(summary["run"])
+    fail = summary[summary["failure_mode"].astype(bool)].sort_values("gain_over_zs")
+    runs = list(fail["run"])[: max_runs if max_runs else None]
+    if mode == "failure+best":
+        best = summary.sort_values("gain_over_both", ascending=False)["run"].iloc[0]
+        if best not in runs:
+            runs.append(best)
+    return runs
+
+
+def sharpness_data(world: World, n: int) -> tuple:
+    """The first ``n`` ID training images (clean, no augmentation) and labels: sharpness is measured on
+    training data, as in the reference study."""
+    x, y = id_training_data(world)
+    if n > len(x):
+        raise ParameterError(f"n_examples={n} exceeds the {len(x)} training images of world {world.name!r}.")
+    if not isinstance(x, torch.Tensor):  # lazily decoded images (a paper setting): decode the n used
+        return x[torch.arange(n)], y[:n]
+    return x[:n], y[:n]
+
+
+def read_upstream(folder: str | Path, table: str, step: str, world: str) -> pd.DataFrame:
+    """Table ``table`` of an upstream step's results folder; a missing one names the command that writes it.
+
+    Example:
+        >>> read_upstream("/nonexistent/x", "summary", "interpolate", "fashion")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /nonexistent/x/summary.csv does not exist: run the interpolate step first: rft run notebooks/interpolate.ipynb -p world=fashion --out /nonexistent/x
+    """
+    path = _path(folder) / f"{table}.csv"
+    if not path.is_file():
+        shown = Path(folder).as_posix()
+        raise FileNotFoundError(f"{shown}/{table}.csv does not exist: run the {step} step first: "
+                                f"rft run notebooks/{step}.ipynb -p world={world} --out {shown}")
+    return pd.read_csv(path)
+
+
+@dataclass
+class StepResults:
+    """What a step's ``run`` returns: the world, the tables the notebook writes (name → table, in
+    writing order), the step's claim rows, and other facts the notebook shows (``info``)."""
+
+    world: World
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,22 +1,96 @@
-"""From result tables to claims: summaries per run and the statistics behind each verdict.
+"""Step ``interpolate``: WiSE-FT curves θ(α) = (1 − α)·θ_zs + α·θ_ft of every run, a summary per run,
+and claim P1 across the runs.
 
-Each ``claim_*`` function takes tidy tables, computes the statistic with its uncertainty, decides
-the verdict with the documented rules of :mod:`rftlib.core.verdicts`, and returns it with a table of
-its parts for the findings page; the notebook writes the row into the step's own results folder.
+Example:
+    >>> Params(n_alpha=2)
+    Traceback (most recent call last):
+    ...
+    rftlib.errors.ParameterError: bad parameters for notebooks/interpolate.ipynb: n_alpha=2 is too small; allowed: an integer >= 3 (the run summary needs an interior alpha in (0, 1))
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from rftlib.core.verdicts import Claim, combine_verdicts, verdict_from_interval
 from rftlib.core.curves import loss_barrier, ood_mean, summarize_runs
-from rftlib.models.finetune import Recipe
+from rftlib.core.interpolation import alpha_grid
 from rftlib.core.stats import bootstrap_mean_ci, correlate
-from rftlib.worlds.world import World
+from rftlib.core.sweep import interpolation_sweep
+from rftlib.core.verdicts import Claim, combine_verdicts, verdict_from_interval
+from rftlib.models.finetune import Recipe
+from rftlib.steps.common import StepResults, check_endpoints, load_endpoints, load_grid, load_theta_ft
+from rftlib.steps.fields import check_grid, check_held_out, check_world
+from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.worlds.world import World, load_world
+
+__all__ = ["Params", "claim_p1", "curves_with_means", "run", "run_summary", "sweep_runs"]
+
+
+@dataclass(frozen=True)
+class Params(StepParams):
+    """Parameters of ``notebooks/interpolate.ipynb``."""
+
+    STEP = "interpolate"
+    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    grid: str = param("notebooks/params/grids/fashion.yaml", "grid file whose runs are swept")
+    runs_root: str = param("runs", "folder of fine-tuned weights")
+    n_alpha: int = param(11, "number of evenly spaced alphas in [0, 1]")
+    n_eval: int = param(1000, "images per evaluation split")
+    n_boot: int = param(1000, "bootstrap resamples for intervals")
+    seed: int = param(0, "bootstrap seed")
+    out_dir: str = param("", "results folder (empty: book/results/<world>-interpolate; the runner sets it)")
+
+    def check_world(self, p: Problems) -> None:
+        check_world(p)
+
+    def check_grid(self, p: Problems) -> None:
+        check_grid(p)
+
+    def check_runs_root(self, p: Problems) -> None:
+        p.path("runs_root", "the folder of fine-tuned weights")
+
+    def check_n_alpha(self, p: Problems) -> None:
+        p.at_least("n_alpha", 3, "the run summary needs an interior alpha in (0, 1)")
+
+    def check_n_eval(self, p: Problems) -> None:
+        p.at_least("n_eval", 1)
+        check_held_out(p)
+
+    def check_n_boot(self, p: Problems) -> None:
+        p.at_least("n_boot", 1)
+
+    def check_seed(self, p: Problems) -> None:
+        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+
+
+def sweep_runs(world: World, runs: Sequence[str], alphas: Sequence[float], n_eval: int,
+               runs_root: str | Path = "runs", progress: bool = True) -> pd.DataFrame:
+    """WiSE-FT curves of every run on every split (tidy: world, run, alpha, split, accuracy, loss, n)."""
+    model, theta_zs, _ = load_endpoints(world)
+    splits = world.eval_splits(n_eval)
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        theta_ft = load_theta_ft(world, run, runs_root)
+        check_endpoints(theta_zs, theta_ft)
+        rows += interpolation_sweep(model, theta_zs, theta_ft, splits, alphas, world=world.name, run=run, progress=progress)
+    return pd.DataFrame(rows)
+
+
+def run(p: Params) -> StepResults:
+    """Sweep every run of the grid: tables ``curves``, ``summary`` and ``p1_parts``, claim P1; ``info``
+    holds the curves with mean OOD and unseen rows (for the figures)."""
+    w = load_world(p.world)
+    recipes = load_grid(p.grid)
+    curves = sweep_runs(w, [r.name for r in recipes], alpha_grid(p.n_alpha), p.n_eval, runs_root=p.runs_root)
+    summary = run_summary(curves, w, recipes)
+    p1, parts = claim_p1(summary, w.name, n_boot=p.n_boot, seed=p.seed)
+    return StepResults(w, tables={"curves": curves, "summary": summary, "p1_parts": parts}, claims=[p1],
+                       info={"means": curves_with_means(curves, w)})
 
 
 def curves_with_means(curves: pd.DataFrame, world: World) -> pd.DataFrame:

@@ -1,34 +1,131 @@
-"""The sharpness steps of the study (claims F1–F3): whole-model and layer-wise sharpness of every
-θ(α), and how each tracks mean OOD accuracy along the runs' interpolation paths.
+"""Step ``sharpness`` (claims F1–F3): whole-model and layer-wise sharpness of every θ(α), and how each
+tracks mean OOD accuracy along the runs' interpolation paths.
 
 Correlations are computed *within* each run (across its α points; Kendall τ-b) and combined across
 runs (:func:`rftlib.core.stats.combine_within`: mean τ with a bootstrap interval over runs, a directional
-Stouffer p-value and sign consistency), then judged with :mod:`rftlib.book.claims`' rules:
+Stouffer p-value and sign consistency), then judged with :mod:`rftlib.core.verdicts`' rules:
 
 - F1 (whole-model sharpness is *not* a reliable predictor): ``expect="none"``;
 - F2 (the straggler layers' sharpness *does* track OOD accuracy): ``expect="any"`` on the sharpness
   summed over each run's straggler layers;
 - F3 (layer-wise sharpness correlates with OOD accuracy along RFT paths): ``expect="any"`` on the
   best layer, with a Bonferroni-corrected significance level (α / number of layers).
+
+Example:
+    >>> Params(rhos=[0.005, -1.0], rho_claims=0.01, kind="worse", interpolate_dir="/nonexistent")
+    Traceback (most recent call last):
+    ...
+    rftlib.errors.ParameterError: bad parameters for notebooks/sharpness.ipynb: kind='worse' is unknown (did you mean 'worst'?); allowed: 'worst', 'average'; rhos[1]=-1.0 is out of range; allowed: a finite number > 0
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from rftlib.core.interpolation import Interpolator, alpha_grid
+from rftlib.core.layers import GRANULARITIES, layer_groups
+from rftlib.core.sharpness import KINDS, NORMS, layerwise_sharpness, sharpness
+from rftlib.core.stats import combine_within, within_run
 from rftlib.core.verdicts import Claim
 from rftlib.errors import ParameterError
-from rftlib.core.interpolation import Interpolator
-from rftlib.core.layers import layer_groups
-from rftlib.steps.layerwise import sharpness_data
 from rftlib.progress import bar
-from rftlib.core.sharpness import layerwise_sharpness
-from rftlib.core.stats import combine_within, within_run
-from rftlib.steps.common import load_theta_ft
-from rftlib.worlds.world import World
+from rftlib.steps import interpolate
+from rftlib.steps.common import StepResults, _path, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
+from rftlib.steps.fields import check_grid, check_on_alpha_grid, check_world
+from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.worlds.world import World, load_world
+
+__all__ = ["Params", "attach_accuracy", "claims_f1_f3", "layer_correlations", "run", "sharpness_sweep",
+           "straggler_sharpness"]
+
+
+@dataclass(frozen=True)
+class Params(StepParams):
+    """Parameters of ``notebooks/sharpness.ipynb``."""
+
+    STEP = "sharpness"
+    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    interpolate_dir: str = param("", "results of the interpolation step: OOD accuracy per run and alpha "
+                                     "(empty: book/results/<world>-interpolate)")
+    stragglers_dir: str = param("", "results of the straggler step, which marks straggler layers "
+                                    "(empty: book/results/<world>-stragglers)")
+    grid: str = param("notebooks/params/grids/fashion.yaml", "grid file whose runs are measured")
+    runs_root: str = param("runs", "folder of fine-tuned weights")
+    n_alpha: int = param(6, "alphas per run (must lie on the interpolation step's grid)")
+    kind: str = param("worst", "worst or average")
+    norm: str = param("linf", "linf or l2")
+    adaptive: bool = param(True, "adaptive (budget relative to |w|) or standard")
+    rhos: list[float] = param((0.004,), "sharpness radii (all reported)")
+    rho_claims: float = param(0.004, "the radius at which the claims are judged (one of rhos)")
+    n_examples: int = param(128, "training examples (no augmentation)")
+    m: int = param(128, "examples per batch (m-sharpness: max per batch, then mean)")
+    n_iters: int = param(5, "ascent steps (worst) or noise draws (average) per batch")
+    logit_norm: bool = param(True, "logit normalization before the cross-entropy")
+    granularity: str = param("block", "what a layer is: block, module or tensor")
+    n_boot: int = param(1000, "bootstrap resamples")
+    seed: int = param(0, "seed of the estimator and the bootstrap")
+    out_dir: str = param("", "results folder (empty: book/results/<world>-sharpness; the runner sets it)")
+
+    def check_world(self, p: Problems) -> None:
+        check_world(p)
+
+    def check_grid(self, p: Problems) -> None:
+        check_grid(p)
+
+    def check_runs_root(self, p: Problems) -> None:
+        p.path("runs_root", "the folder of fine-tuned weights")
+
+    def check_n_alpha(self, p: Problems) -> None:
+        p.at_least("n_alpha", 2)
+
+    def check_kind(self, p: Problems) -> None:
+        p.choice("kind", KINDS)
+
+    def check_norm(self, p: Problems) -> None:
+        p.choice("norm", NORMS)
+
+    def check_rhos(self, p: Problems) -> None:
+        p.numbers("rhos", lambda r: r > 0, "a finite number > 0")
+
+    def check_rho_claims(self, p: Problems) -> None:
+        p.number("rho_claims", lambda r: r > 0, "one of rhos")
+
+    def check_n_examples(self, p: Problems) -> None:
+        p.at_least("n_examples", 1)
+
+    def check_m(self, p: Problems) -> None:
+        p.at_least("m", 1)
+
+    def check_n_iters(self, p: Problems) -> None:
+        p.at_least("n_iters", 1)
+
+    def check_granularity(self, p: Problems) -> None:
+        p.choice("granularity", GRANULARITIES)
+
+    def check_n_boot(self, p: Problems) -> None:
+        p.at_least("n_boot", 1)
+
+    def check_seed(self, p: Problems) -> None:
+        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+
+    def check_together(self, p: Problems) -> None:
+        v = p.values
+        if p.ok("rhos", "rho_claims"):
+            same = [r for r in v["rhos"] if math.isclose(v["rho_claims"], r, rel_tol=1e-12, abs_tol=0)]
+            if not same:
+                p.add("rho_claims", v["rho_claims"], "is not one of the radii measured", f"one of rhos={v['rhos']}")
+            else:  # the claims filter the table on it: the very float measured
+                object.__setattr__(self, "rho_claims", same[0])
+        if p.ok("m", "n_examples") and v["m"] > v["n_examples"]:
+            p.add("m", v["m"], f"exceeds n_examples={v['n_examples']} (a batch cannot be larger than the data)",
+                  f"an integer in [1, {v['n_examples']}]")
+        check_on_alpha_grid(p, v["interpolate_dir"], interpolate.Params.defaults()["n_alpha"],
+                            f"rerun the interpolation step with n_alpha = {interpolate.Params.defaults()['n_alpha']}")
 
 
 def sharpness_sweep(world: World, runs: Sequence[str], alphas: Sequence[float], rhos: Sequence[float],
@@ -37,10 +134,7 @@ def sharpness_sweep(world: World, runs: Sequence[str], alphas: Sequence[float], 
     """Sharpness of θ(α) for every run, α and ρ: the whole model (``layer = "all"``) and, with
     ``layerwise``, every layer alone (prefix-cached). θ(0) = θ_zs is shared by all runs and measured
     once. ``settings`` go to :func:`rftlib.core.sharpness.sharpness` (kind, norm, adaptive, n_iters, m, …)."""
-    if not rhos:
-        raise ParameterError("rhos is empty: give at least one sharpness radius.")
-    model = world.zeroshot_classifier()
-    theta_zs = {k: v.clone() for k, v in model.state_dict().items()}
+    model, theta_zs, _ = load_endpoints(world)
     groups = layer_groups(model, granularity) if layerwise else {}
     data = sharpness_data(world, n_examples)
     rows: list[dict] = []
@@ -56,8 +150,6 @@ def sharpness_sweep(world: World, runs: Sequence[str], alphas: Sequence[float], 
             if layerwise:
                 results = layerwise_sharpness(model, data, groups, include_all=True, rho=rho, progress=False, **settings)
             else:
-                from rftlib.core.sharpness import sharpness
-
                 results = [sharpness(model, data, "all", rho=rho, progress=False, **settings)]
             for r in results:
                 new.append(r.to_row(world=world.name, run=run, alpha=a) | {
@@ -139,3 +231,20 @@ def claims_f1_f3(table: pd.DataFrame, stragglers: pd.DataFrame | None, world: st
                                           f"best layer ({best['layer']}): mean within-run τ(layer sharpness, OOD acc), ρ={rho:g}, Bonferroni ×{n}",
                                           expect="any", alpha=0.05 / n))
     return claims, corr
+
+
+def run(p: Params) -> StepResults:
+    """Sharpness of every θ(α) of the grid's runs: tables ``sharpness`` and ``correlations``, claims
+    F1–F3; ``info["stragglers"]`` is the straggler step's table (``None`` when it has not run)."""
+    w = load_world(p.world)
+    runs = [r.name for r in load_grid(p.grid)]
+    curves = read_upstream(p.interpolate_dir, "curves", "interpolate", p.world)
+    found = _path(p.stragglers_dir) / "stragglers.csv"
+    stragglers = pd.read_csv(found) if found.is_file() else None
+    sharp = sharpness_sweep(w, runs, alpha_grid(p.n_alpha), p.rhos, p.runs_root, p.n_examples, p.granularity,
+                            kind=p.kind, norm=p.norm, adaptive=p.adaptive, n_iters=p.n_iters, m=p.m,
+                            logit_norm=p.logit_norm, seed=p.seed)
+    table = attach_accuracy(sharp, curves, w)
+    claims, corr = claims_f1_f3(table, stragglers, w.name, p.rho_claims, n_boot=p.n_boot, seed=p.seed)
+    return StepResults(w, tables={"sharpness": table, "correlations": corr}, claims=claims,
+                       info={"stragglers": stragglers, "estimator_seconds": float(sharp["seconds"].sum())})
