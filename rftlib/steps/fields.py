@@ -227,7 +227,7 @@ def interpolation_alphas(interpolate_dir: str, default_n_alpha: int) -> tuple[li
 def check_on_alpha_grid(p: Problems, interpolate_dir: str, default_n_alpha: int, fix: str) -> None:
     """Every α of ``alpha_grid(n_alpha)`` must be one of the interpolation step's α values, exactly as
     read back from its table (the steps join the two tables on α)."""
-    if not p.ok("n_alpha"):
+    if not p.ok("n_alpha", "interpolate_dir"):
         return
     n_alpha = p.values["n_alpha"]
     grid, source = interpolation_alphas(interpolate_dir, default_n_alpha)
