@@ -39,15 +39,20 @@ from rftlib import cli
 from rftlib.models.checkpoints import load_state_dict, save_state_dict, sha256
 from rftlib.errors import CheckpointError, NumericalError, ParameterError
 from rftlib.files.manifest import repo_root
-from rftlib.book.params import load_param_file, notebook_validator, validate_params
-from rftlib.book.validation import CHECKS, check_endpoints, check_sharpness, interpolation_alphas
+from rftlib.book.params import load_param_file, validate_params
+from rftlib.steps import STEPS
+from rftlib.steps.common import check_endpoints
+from rftlib.steps.fields import interpolation_alphas
+from rftlib.steps.sharpness import Params as SharpnessParams
+
+CHECKS = STEPS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reliability"
 STAGED = FIXTURES / "staged.ipynb"
 FINETUNE_JOB = FIXTURES / "finetune_job.py"
 NOTEBOOKS = repo_root() / "notebooks"
 #: The ``metadata.rft.validate`` each study notebook carries.
-VALIDATE = {name: f"rftlib.book.validation:check_{name}" for name in CHECKS}
+VALIDATE = {name: None for name in CHECKS}
 #: An interpolation results folder that does not exist (the checks then use the default α grid).
 NO_RESULTS = "/nonexistent/reliability/interpolate"
 RFT = Path(sys.executable).parent / "rft"
@@ -64,9 +69,8 @@ def _env() -> dict[str, str]:
             "PYTHONWARNINGS": "ignore"}
 
 
-def _wire(src: Path, dest: Path, check: str) -> Path:
+def _wire(src: Path, dest: Path, check: str | None) -> Path:
     nb = nbformat.read(str(src), as_version=4)
-    nb.metadata.setdefault("rft", {})["validate"] = check
     nbformat.write(nb, str(dest))
     return dest
 
@@ -79,9 +83,9 @@ def wired(tmp_path_factory) -> dict[str, Path]:
     out = {name: _wire(NOTEBOOKS / f"{name}.ipynb", d / f"{name}.ipynb", VALIDATE[name]) for name in CHECKS}
     from rftlib.book.params import notebook_parameters
 
-    for name, fn in CHECKS.items():
+    for name, cls in CHECKS.items():
         try:
-            fn({k: spec.default for k, spec in notebook_parameters(out[name]).items()})
+            cls.from_mapping({k: spec.default for k, spec in notebook_parameters(out[name]).items()})
         except ParameterError:
             pass
     return out
@@ -173,7 +177,7 @@ BAD_INPUTS = [
     ("sparsity", {"sharpness_p": 1.0}, r"sharpness_p=1\.0 is out of range; allowed: a number in \[0, 1\)"),
     ("sparsity", {"n_alpha": 2}, r"n_alpha=2 is too small; allowed: an integer >= 3"),
     # names and types: the runner's own checks, before the notebook's
-    ("sharpness", {"n_alpha": "six"}, r"parameter 'n_alpha' must be int, got str 'six'"),
+    ("sharpness", {"n_alpha": "six"}, r"n_alpha='six' is not an integer; allowed: an integer"),
     ("sharpness", {"rho_claim": 0.005}, r"unknown parameter 'rho_claim' .*did you mean 'rho_claims'"),
 ]
 
@@ -230,11 +234,11 @@ def test_sharpness_alphas_follow_the_interpolation_manifest(tmp_path):
     d = tmp_path / "interp"
     d.mkdir()
     (d / "manifest.json").write_text(json.dumps({"parameters": {"n_alpha": 21}}))
-    alphas, source = interpolation_alphas(str(d))
+    alphas, source = interpolation_alphas(str(d), 11)
     assert len(alphas) == 21 and "manifest.json" in source
-    check_sharpness({"n_alpha": 5, "interpolate_dir": str(d)})  # 0.25 steps lie on a 0.05 grid
+    SharpnessParams(n_alpha=5, interpolate_dir=str(d))  # 0.25 steps lie on a 0.05 grid
     with pytest.raises(ParameterError, match=r"n_alpha=7 .*allowed: 2, 3, 5, 6, 11, 21"):
-        check_sharpness({"n_alpha": 7, "interpolate_dir": str(d)})
+        SharpnessParams(n_alpha=7, interpolate_dir=str(d))
 
 
 def test_grid_with_a_yaml_syntax_error_is_a_parameter_error():
@@ -253,15 +257,6 @@ def test_runner_rejects_before_starting_a_kernel(wired, tmp_path, no_kernel):
     with pytest.raises(ParameterError, match=r"n_alpha=4 puts alphas off"):
         run_notebook(wired["sharpness"], {"n_alpha": 4, "interpolate_dir": NO_RESULTS}, out)
     assert not out.exists()
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-def test_study_notebooks_name_their_check(name):
-    meta = notebook_validator(NOTEBOOKS / f"{name}.ipynb")
-    if meta is None:
-        pytest.skip(f"notebooks/{name}.ipynb does not name its check yet: "
-                    f'add metadata "rft": {{"validate": "{VALIDATE[name]}"}}')
-    assert meta == VALIDATE[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +287,7 @@ CLI_CASES = [
     (["run", "@sharpness", "-p", "kind=best"], r"kind='best' is unknown.*allowed: 'worst', 'average'"),
     (["run", "@stragglers", "-p", "hold=both"], r"hold='both' cannot be ranked"),
     (["run", "@sparsity", "-p", "ps=[0.5, 1.0]"], r"ps\[1\]=1\.0 is out of range; allowed: a number in \[0, 1\)"),
-    (["run", "@interpolate", "-p", "n_alpha=two"], r"parameter 'n_alpha' must be int, got str 'two'"),
+    (["run", "@interpolate", "-p", "n_alpha=two"], r"n_alpha='two' is not an integer"),
     (["run", "@finetune", "-p", f"grid={FIXTURES / 'grid_two_runs.yaml'}", "-p", "runs=[gentle, nope]"],
      r"runs\[1\]='nope' is not a run of"),
     (["run", "@zeroshot", "-p", "world=mars"], r"world='mars' is unknown"),
@@ -301,7 +296,7 @@ CLI_CASES = [
     (["run", "no/such/notebook.ipynb"], r"notebook not found: no/such/notebook\.ipynb"),
     (["pipeline", "@badpipeline"],
      r"step sharpness: .*rho_claims=0\.01 is not one of.*step stragglers: .*hold='both'.*"
-     r"step interpolate: parameter 'n_alpha' must be int, got str 'six'"),
+     r"step interpolate: .*n_alpha='six' is not an integer"),
     (["pipeline", "quick", "--only", "fashion-sharpnes"], r"no step 'fashion-sharpnes' .*did you mean 'fashion-sharpness'"),
     (["pipeline", "@notyaml"], r"not-yaml\.yaml is not valid YAML"),
     (["params", "no/such/notebook.ipynb"], r"notebook not found"),
@@ -617,14 +612,13 @@ def test_bit_flip_in_tensor_data_is_caught_by_the_run_manifest(tmp_path):
 
 @pytest.fixture
 def fake_world(tmp_path, monkeypatch) -> Path:
-    """worlds/digits with a small shipped 'checkpoint' and its manifest, in a temporary worlds folder."""
+    """worlds/digits (its world file, shipped checkpoint and manifest) in a temporary worlds folder."""
     import rftlib.worlds.world as worlds
 
     d = tmp_path / "worlds" / "digits"
     d.mkdir(parents=True)
-    shutil.copy(repo_root() / "worlds" / "digits" / "world.yaml", d / "world.yaml")
-    save_state_dict(d / "zeroshot.safetensors", {"w": torch.arange(64.0)})
-    (d / "manifest.json").write_text(json.dumps({"sha256": sha256(d / "zeroshot.safetensors")}))
+    for f in ("world.yaml", "zeroshot.safetensors", "manifest.json"):
+        shutil.copy(repo_root() / "worlds" / "digits" / f, d / f)
     monkeypatch.setattr(worlds, "WORLDS_DIR", tmp_path / "worlds")
     return d
 

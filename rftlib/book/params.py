@@ -133,7 +133,7 @@ def _literal(name: str, text: str, where: str) -> Any:
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, ParamSpec]:
-    """The parameters a notebook declares in its ``parameters`` cell (:func:`papermill.inspect_notebook`;
+    """The parameters a notebook declares in its ``parameters`` cell (papermill's parameter inference, as :func:`papermill.inspect_notebook`;
     empty if it has none), typed and documented by its step's parameter class where it has one.
 
     Example:
@@ -141,12 +141,17 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, ParamSpec]:
         >>> specs["rhos"].type, specs["rhos"].default
         ('list[float]', [0.004])
     """
-    import papermill as pm
-
     path = resolve_path(notebook, kind="notebook")
     where = portable_path(path)
     try:
-        found = pm.inspect_notebook(str(path))
+        import nbformat
+        from papermill.inspection import _infer_parameters
+
+        nb = nbformat.read(str(path), as_version=4)
+        for cell in nb.cells:  # papermill's reader expects every cell to carry tags
+            cell.metadata.setdefault("tags", [])
+        kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"  # a notebook without one is Python
+        found = {p.name: {"default": p.default, "help": p.help} for p in _infer_parameters(nb, name=kernel, language="python")}
     except Exception as e:  # noqa: BLE001 - nbformat and papermill raise several types
         raise ParameterError(f"cannot read notebook {where}: {e}") from e
     cls = step_class(path)
