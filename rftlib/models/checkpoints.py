@@ -142,3 +142,100 @@ def save_state_dict(
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a user should type it: relative to the working folder when inside it."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Key → shape of every tensor in a safetensors file, read from its header only (no tensor data).
+
+    Raises:
+        CheckpointError: the file is missing or its header is unreadable (truncated or corrupt).
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.safetensors"
+        >>> save_state_dict(p, {"w": torch.ones(2, 3)})
+        >>> header_shapes(p)
+        {'w': (2, 3)}
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {_shown(p)}.")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"cannot read the header of {_shown(p)} ({e}); the file is truncated or corrupt.") from e
+
+
+def architecture_problem(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str | None:
+    """What differs between a checkpoint's key → shape table and an architecture's (``None``: they match).
+
+    A 0-d and a 1-element ``logit_scale`` count as equal (open_clip versions differ there).
+
+    Example:
+        >>> architecture_problem({"a": (2,), "b": (3,)}, {"a": (2,), "b": (3,)}) is None
+        True
+        >>> architecture_problem({"a": (2,)}, {"a": (4,)})
+        "key 'a' has shape (2,), the architecture expects (4,)"
+    """
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        return (f"{len(missing)} missing keys (first: {missing[:3]}), "
+                f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})")
+    for k, want in expected.items():
+        got = tuple(shapes[k])
+        if got != tuple(want) and not (k == "logit_scale" and max(1, *got, 1) == max(1, *want, 1) == 1):
+            return f"key {k!r} has shape {got}, the architecture expects {tuple(want)}"
+    return None
+
+
+def load_resume_state(path: str | os.PathLike, required: tuple[str, ...] = (), map_location: object = "cpu") -> dict:
+    """Load a resume point (``state.pt``: tensors and plain containers) with ``weights_only=True``.
+
+    Args:
+        path: the ``state.pt`` of an interrupted run.
+        required: keys the state must hold.
+        map_location: as for ``torch.load``.
+
+    Raises:
+        CheckpointError: the file is truncated, corrupt, holds pickled objects, or lacks a required
+            key; the message names the file and says to delete it to restart that run.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.pt"
+        >>> torch.save({"epoch": 1}, p)
+        >>> load_resume_state(p, required=("epoch",))["epoch"]
+        1
+        >>> _ = p.write_bytes(b"not a state")
+        >>> load_resume_state(p)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        rftlib.errors.CheckpointError: resume state ... is not a training state rftlib can load safely (truncated, corrupt, or holding pickled objects beyond tensors); delete it to restart that run from its first epoch (rm ...).
+    """
+    p = Path(path)
+    fix = f"delete it to restart that run from its first epoch (rm {_shown(p)})."
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never do that here
+        raise CheckpointError(f"resume state {_shown(p)} is not a training state rftlib can load safely "
+                              f"(truncated, corrupt, or holding pickled objects beyond tensors); {fix}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"resume state {_shown(p)} is not a readable rftlib training state "
+                              f"({reason}); {fix}") from None
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        lacks = [k for k in required if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"resume state {_shown(p)} lacks {lacks}: it is from another program or an "
+                              f"older rftlib; {fix}")
+    return state

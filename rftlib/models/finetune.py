@@ -31,6 +31,7 @@ from torch import nn
 from rftlib.core import augment as aug
 from rftlib.errors import NumericalError, ParameterError
 from rftlib.files.io import atomic_path
+from rftlib.models.checkpoints import load_resume_state
 from rftlib.progress import bar
 from rftlib.core.schedule import cosine_with_warmup
 
@@ -136,7 +137,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
     start = 0
     state_path = Path(out_dir) / "state.pt" if out_dir is not None else None
     if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, weights_only=True, map_location=device)
+        state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe"), device)
         if state["recipe"] != {k: str(v) for k, v in recipe.to_dict().items()}:
             raise ParameterError(f"{state_path} belongs to another recipe; delete it or use another out_dir.")
         model.load_state_dict(state["model"])

@@ -5,7 +5,8 @@ Every loader returns ``(images, labels)``: ``uint8`` images ``N×H×W`` (graysca
 ``int64`` labels ``N``. Rendering into 3-channel styles is :mod:`rftlib.worlds.shifts`' job.
 
 Where the data come from (first hit wins), for Fashion-MNIST:
-1. ``$RFT_FASHION_MNIST`` (a folder holding the four ``*-ubyte[.gz]`` files);
+1. ``$RFT_FASHION_MNIST`` (a folder holding the four ``*-ubyte[.gz]`` files; if it is set but the folder
+   lacks them, that is an error naming the variable, never a fall-back to another copy);
 2. Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
 3. torchvision's layout under ``data/`` (``data/FashionMNIST/raw``), which
    ``python -m rftlib.worlds.data --download`` fills for users with internet.
@@ -54,6 +55,31 @@ def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
     return dirs
 
 
+def _missing_files(folder: Path) -> list[str]:
+    return [s for pair in FASHION_FILES.values() for s in pair if _find(folder, s) is None]
+
+
+def _explicit_fashion_dir(root: str | os.PathLike | None) -> Path | None:
+    """The folder the caller (``root``) or ``$RFT_FASHION_MNIST`` names, checked; ``None`` if neither.
+
+    An explicit location that does not hold the data is an error, never a silent fall-back to another copy.
+    """
+    env = os.environ.get("RFT_FASHION_MNIST")
+    named = [(f"root={str(root)!r}", Path(root))] if root is not None else []
+    named += [(f"RFT_FASHION_MNIST={env!r}", Path(env))] if env else []
+    if not named:
+        return None
+    label, folder = named[0]
+    if not folder.is_dir():
+        raise DataNotFoundError(f"{label} is not a folder; point it at the folder holding the four Fashion-MNIST "
+                                "files (train-images-idx3-ubyte[.gz] …), or unset it to use the default locations.")
+    missing = _missing_files(folder)
+    if missing:
+        raise DataNotFoundError(f"{label} lacks the Fashion-MNIST files {missing} (with or without .gz); "
+                                "put them there, or unset it to use the default locations.")
+    return folder
+
+
 def _find(folder: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
@@ -69,7 +95,16 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
 
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
-    """The first folder holding all four Fashion-MNIST files, else :class:`DataNotFoundError`."""
+    """The folder holding all four Fashion-MNIST files: ``root`` or ``$RFT_FASHION_MNIST`` when given
+    (an error if that folder lacks them), else the first default location that has them.
+
+    Raises:
+        DataNotFoundError: no copy found; or ``root``/``$RFT_FASHION_MNIST`` (named in the message)
+            names a missing folder or one without the files.
+    """
+    explicit = _explicit_fashion_dir(root)
+    if explicit is not None:
+        return explicit
     for d in _candidate_dirs(root):
         if all(_find(d, s) for pair in FASHION_FILES.values() for s in pair):
             return d

@@ -24,10 +24,11 @@ from rftlib.worlds.corpus import TokenCache, render_corpus
 from rftlib.errors import NumericalError, ParameterError
 from rftlib.core.evaluation import evaluate
 from rftlib.files.io import atomic_path
+from rftlib.models.checkpoints import load_resume_state
 from rftlib.models.factory import build_classifier, create_clip
 from rftlib.progress import bar
 from rftlib.core.schedule import cosine_with_warmup
-from rftlib.worlds.world import World
+from rftlib.worlds.world import World, save_world_checkpoint
 
 TEXT_HALF_PREFIXES = ("token_embedding.", "transformer.", "positional_embedding", "ln_final.", "text_projection")
 
@@ -51,6 +52,29 @@ def recipe_of(world: World, **overrides: Any) -> dict[str, Any]:
     if float(r["lr"]) <= 0:
         raise ParameterError(f"pretraining lr={r['lr']} must be > 0.")
     return r
+
+
+class Eta:
+    """The estimated time left of a job of ``total`` steps, from the wall time of the steps done so far
+    in this process (a resumed run counts only what is left; evaluation and rendering are included).
+
+    Example:
+        >>> e = Eta(10, clock=iter([0.0, 30.0]).__next__)
+        >>> e.left(5)
+        '0:30'
+    """
+
+    def __init__(self, total: int, clock=time.perf_counter) -> None:
+        self.total, self.clock = total, clock
+        self.t0 = clock()
+
+    def left(self, done: int) -> str:
+        """``h:mm:ss`` or ``m:ss`` left after ``done`` of the steps."""
+        if done <= 0:
+            return "?"
+        seconds = int(round((self.clock() - self.t0) / done * max(self.total - done, 0)))
+        h, rest = divmod(seconds, 3600)
+        return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def zero_shot_eval(clip, tokenizer, world: World, splits) -> dict[str, float]:
@@ -89,7 +113,8 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
     start_epoch = 0
     state_path = out / "state.pt"
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+        state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe",
+                                               "steps_per_epoch"))
         if state["recipe"] != {k: str(v) for k, v in r.items()} or state["steps_per_epoch"] != steps_per_epoch:
             raise ParameterError(f"{state_path} was written with another recipe {state['recipe']}; "
                                  "use a new out_dir or delete it to start over.")
@@ -98,6 +123,7 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
+    eta = Eta((epochs - start_epoch) * steps_per_epoch)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         images, captions, _ = render_corpus(x_train, y_train, world.pretrain_styles, world.classes,
@@ -109,7 +135,9 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
         clip.train()
         losses = []
         t1 = time.perf_counter()
-        for i in bar(range(steps_per_epoch), desc=f"pretrain {world.name} epoch {epoch + 1}/{epochs}", disable=not progress):
+        it = bar(range(steps_per_epoch), desc=f"pretrain {world.name} epoch {epoch + 1}/{epochs}", disable=not progress,
+                 unit="step")
+        for i in it:
             idx = perm[i * bs:(i + 1) * bs]
             img = (images[idx] - mean) / std
             f_img = clip.encode_image(img, normalize=True)
@@ -124,6 +152,9 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, float(np.log(100.0)))
             losses.append(loss.item())
+            if i % 5 == 0:
+                it.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}",
+                               total_left=eta.left((epoch - start_epoch) * steps_per_epoch + i + 1))
         t_train = time.perf_counter() - t1
         clip.eval()
         t2 = time.perf_counter()
@@ -167,20 +198,22 @@ def recreate_checkpoint(world: World, n_eval: int = 1000, work_dir: str | Path |
 
 def ship(world: World, clip: torch.nn.Module, history: pd.DataFrame, recipe: dict[str, Any],
          n_eval: int = 1000) -> dict[str, Any]:
-    """Write ``worlds/<name>/zeroshot.safetensors`` and its ``manifest.json``: recipe, data, seed,
-    versions, commit, sha256, the zero-shot accuracy per split measured on the saved file, the
+    """Write ``worlds/<name>/zeroshot.safetensors`` (its header records world, model and the world
+    file's hash) and its ``manifest.json``: recipe, data, seed, versions, commit, sha256, the world
+    file's hash (``world_sha256``), the zero-shot accuracy per split measured on the saved file, the
     pretraining history and time."""
-    from rftlib.models.checkpoints import save_state_dict, sha256
+    from rftlib.models.checkpoints import sha256
     from rftlib.files.io import atomic_write_json
     from rftlib.files.manifest import build_manifest
 
-    save_state_dict(world.checkpoint, clip_state_for_shipping(clip), metadata={"world": world.name, "model": world.model})
+    save_world_checkpoint(world, clip_state_for_shipping(clip))
     clf = world.zeroshot_classifier(verify=False)
     rows = evaluate(clf, world.eval_splits(n_eval), progress=False)
     m = build_manifest({"world": world.name, "model": world.model, "recipe": recipe, "captions": world.captions,
                         "pretrain_styles": world.pretrain_styles, "dataset": world.dataset}, seed=int(recipe["seed"]))
     m["sha256"] = sha256(world.checkpoint)
     m["size_bytes"] = world.checkpoint.stat().st_size
+    m["world_sha256"] = world.world_sha256
     # the sum of the epochs' own times (a resumed run counts each epoch once)
     m["pretrain_seconds"] = round(float(history[["seconds_train", "seconds_render", "seconds_eval"]].sum().sum()), 1)
     m["threads"] = torch.get_num_threads()

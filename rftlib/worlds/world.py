@@ -14,31 +14,106 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import yaml
 
 from rftlib.worlds import data as _data
 from rftlib.worlds.corpus import ClassNames, zero_shot_templates
-from rftlib.errors import CheckpointError, ParameterError
+from rftlib.errors import CheckpointError, ParameterError, RftError
 from rftlib.worlds.shifts import STYLES, check_styles, render_split, upscale_to
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WORLDS_DIR = Path(os.environ.get("RFT_WORLDS", REPO_ROOT / "worlds"))
+WORLDS_DIR = REPO_ROOT / "worlds"  # the default; $RFT_WORLDS replaces it (see worlds_dir)
 NATURAL_OOD = ("uci-digits",)
 DATASETS = ("fashion-mnist", "mnist5k")
 
 
+REQUIRED_KEYS = ("name", "dataset", "model", "classes", "input_mean", "input_std", "id_style", "pretrain_styles",
+                 "ood_styles", "unseen_styles", "captions", "split", "pretrain")
+# the keys of a world file that change the pretrained weights (not comments, evaluation-only keys or order of
+# mapping keys); their hash is recorded with the checkpoint
+PRETRAINING_KEYS = ("dataset", "model", "classes", "input_mean", "input_std", "pretrain_styles", "captions",
+                    "split", "pretrain")
+EVAL_ONLY_PRETRAIN_KEYS = ("eval_every",)
+
+
+def worlds_dir() -> Path:
+    """The folder holding ``<name>/world.yaml``: ``$RFT_WORLDS`` if set, else the repository's ``worlds/``.
+
+    Raises:
+        ParameterError: ``$RFT_WORLDS`` is set but names no folder (the message names the variable).
+
+    Example:
+        >>> (worlds_dir() / "digits" / "world.yaml").is_file()
+        True
+    """
+    env = os.environ.get("RFT_WORLDS")
+    if env:
+        if not Path(env).is_dir():
+            raise ParameterError(f"RFT_WORLDS={env!r} is not a folder; point RFT_WORLDS at a folder holding "
+                                 "<name>/world.yaml, or unset it to use the repository's worlds/.")
+        return Path(env)
+    return WORLDS_DIR
+
+
 def available_worlds() -> list[str]:
-    """Names of the worlds under ``worlds/``."""
-    return sorted(p.parent.name for p in WORLDS_DIR.glob("*/world.yaml"))
+    """Names of the worlds under ``worlds/`` (or ``$RFT_WORLDS``).
+
+    Example:
+        >>> {"digits", "fashion"} <= set(available_worlds())
+        True
+    """
+    return sorted(p.parent.name for p in worlds_dir().glob("*/world.yaml"))
+
+
+def _canonical(value: Any, keep_order: bool = False) -> Any:
+    """A JSON-ready form of parsed YAML in which equal meaning gives equal text (numbers as floats,
+    mapping keys sorted unless their order matters)."""
+    if isinstance(value, Mapping):
+        items = [(str(k), _canonical(v)) for k, v in value.items()]
+        return [list(kv) for kv in items] if keep_order else dict(sorted(items))
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def world_file_hash(cfg: Mapping[str, Any]) -> str:
+    """SHA-256 of a parsed world file's pretraining-relevant content (:data:`PRETRAINING_KEYS`).
+
+    Comments, whitespace, key order inside mappings, ``1e-3`` vs ``0.001`` and the evaluation-only keys
+    (``name``, splits and styles used only for evaluation, ``pretrain.eval_every``) do not change it;
+    the order of ``pretrain_styles`` and ``classes`` does (it changes the rendered corpus).
+
+    Example:
+        >>> a = {"dataset": "mnist5k", "pretrain": {"lr": 1e-3, "epochs": 2}, "ood_styles": ["sketch"]}
+        >>> b = {"pretrain": {"epochs": 2.0, "lr": 0.001, "eval_every": 5}, "dataset": "mnist5k"}
+        >>> world_file_hash(a) == world_file_hash(b)
+        True
+        >>> world_file_hash(a) == world_file_hash({**a, "pretrain": {"lr": 1e-3, "epochs": 3}})
+        False
+    """
+    content: dict[str, Any] = {}
+    for k in PRETRAINING_KEYS:
+        v = cfg.get(k)
+        if k == "pretrain" and isinstance(v, Mapping):
+            v = {kk: vv for kk, vv in v.items() if kk not in EVAL_ONLY_PRETRAIN_KEYS}
+        content[k] = _canonical(v, keep_order=(k == "pretrain_styles"))
+    text = json.dumps(content, sort_keys=False, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -60,6 +135,7 @@ class World:
     split: dict[str, Any]
     pretrain: dict[str, Any]
     folder: Path = field(default=Path("."))
+    world_sha256: str = ""  # world_file_hash of the world file this World was loaded from
 
     @property
     def classnames(self) -> list[str]:
@@ -140,9 +216,17 @@ class World:
         return out
 
     # ---- checkpoint ----------------------------------------------------------------------
+    def _shown(self, file: str) -> str:
+        """``folder/file`` as the user sees it: ``worlds/<name>/file`` inside the repository."""
+        path = self.folder / file
+        try:
+            return Path(os.path.abspath(path)).relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            return str(path)
+
     def _recreate_hint(self) -> str:
-        return (f"restore it with `git checkout -- worlds/{self.name}/` or re-create it by pretraining "
-                f"(`rft run notebooks/zeroshot.ipynb -p world={self.name} -p recreate=true`)")
+        return (f"restore the world's files with `git checkout -- {self._shown('')}` or pretrain it "
+                f"(`rft world pretrain {self.name}`)")
 
     def manifest(self) -> dict[str, Any]:
         """The shipped checkpoint's manifest (``worlds/<name>/manifest.json``).
@@ -151,11 +235,11 @@ class World:
             CheckpointError: the manifest is missing, or is not a JSON object (the message names the
                 world, the problem and the fix).
         """
-        where = f"worlds/{self.name}/manifest.json"
+        where = self._shown("manifest.json")
         if not self.manifest_path.is_file():
             raise CheckpointError(
                 f"world {self.name!r} has no shipped checkpoint manifest at {where}; "
-                f"pretrain it with `rft run notebooks/zeroshot.ipynb -p world={self.name} -p recreate=true`."
+                f"pretrain it with `rft world pretrain {self.name}`."
             )
         try:
             m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
@@ -168,23 +252,84 @@ class World:
         return m
 
     def verify_checkpoint(self) -> str:
-        """Check the shipped checkpoint against its manifest's sha256; returns the hash.
+        """Every cheap check of the shipped checkpoint (no model is built); returns its sha256.
+
+        In order: the checkpoint and its manifest exist; the checkpoint's header is readable and
+        records this world (a folder copied from another world keeps that world's checkpoint); the
+        file's sha256 equals the manifest's; the recorded architecture is the world file's ``model``
+        and the header's keys and shapes are that architecture's; the world file's pretraining-relevant
+        content (:func:`world_file_hash`) is the one the checkpoint was pretrained from.
 
         Raises:
-            CheckpointError: the checkpoint or its manifest is missing or corrupt, or the checksum does
-                not match; the message names the world.
+            CheckpointError: one line naming the world, the problem and the fix.
         """
-        from rftlib.models.checkpoints import verify_sha256
+        from rftlib.models.checkpoints import read_metadata, verify_sha256
 
         if not self.checkpoint.is_file():
-            raise CheckpointError(f"world {self.name!r}: checkpoint worlds/{self.name}/zeroshot.safetensors is missing; "
+            raise CheckpointError(f"world {self.name!r}: checkpoint {self._shown('zeroshot.safetensors')} is missing; "
                                   f"{self._recreate_hint()}.")
-        expected = self.manifest().get("sha256")
+        m = self.manifest()
+        expected = m.get("sha256")
         if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
-            raise CheckpointError(f"world {self.name!r}: worlds/{self.name}/manifest.json has no valid 'sha256' "
+            raise CheckpointError(f"world {self.name!r}: {self._shown('manifest.json')} has no valid 'sha256' "
                                   f"(found {expected!r}); {self._recreate_hint()}.")
+        meta = read_metadata(self.checkpoint)
+        self._check_identity(meta, m)
         verify_sha256(self.checkpoint, expected, where=f"world {self.name!r}")
+        self._check_architecture(meta)
+        self._check_world_hash(meta, m)
         return expected
+
+    def _check_identity(self, meta: Mapping[str, str], m: Mapping[str, Any]) -> None:
+        recorded = {"checkpoint header": meta.get("world"), "manifest": (m.get("parameters") or {}).get("world")}
+        for where, world in recorded.items():
+            if world is None:
+                raise CheckpointError(
+                    f"world {self.name!r}: the {where} of {self._shown('zeroshot.safetensors')} records no world, so "
+                    f"it cannot be told apart from another world's; pretrain it: `rft world pretrain {self.name}`.")
+            if world != self.name:
+                raise CheckpointError(
+                    f"world {self.name!r}: {self._shown('zeroshot.safetensors')} was pretrained for world {world!r} "
+                    f"(its {where} says so), not {self.name!r}: a copied folder keeps the other world's checkpoint; "
+                    f"pretrain this world: `rft world pretrain {self.name}`, or restore its own files.")
+
+    def _check_architecture(self, meta: Mapping[str, str]) -> None:
+        from rftlib.models.checkpoints import architecture_problem, header_shapes
+
+        model = meta.get("model")
+        if model is not None and model != self.model:
+            raise CheckpointError(
+                f"world {self.name!r}: {self._shown('zeroshot.safetensors')} is a {model!r} checkpoint but "
+                f"{self._shown('world.yaml')} says model: {self.model}; restore the world file's model or "
+                f"pretrain the world: `rft world pretrain {self.name}`.")
+        problem = architecture_problem(header_shapes(self.checkpoint), architecture_shapes(self.model))
+        if problem:
+            raise CheckpointError(
+                f"world {self.name!r}: {self._shown('zeroshot.safetensors')} does not match architecture "
+                f"{self.model!r} ({problem}); {self._recreate_hint()}.")
+
+    def _check_world_hash(self, meta: Mapping[str, str], m: Mapping[str, Any]) -> None:
+        recorded = m.get("world_sha256")
+        if recorded is None:
+            raise CheckpointError(
+                f"world {self.name!r}: {self._shown('manifest.json')} records no 'world_sha256' (the hash of the world "
+                f"file it was pretrained from), so a changed world file would go unnoticed; pretrain it: "
+                f"`rft world pretrain {self.name}`.")
+        for where, digest in (("manifest", recorded), ("checkpoint header", meta.get("world_sha256", recorded))):
+            if digest != self.world_sha256:
+                changed = self._changed_keys(m)
+                raise CheckpointError(
+                    f"world {self.name!r}: {self._shown('world.yaml')} changed since its checkpoint was pretrained "
+                    f"(pretraining-relevant content hashes to {self.world_sha256[:12]}…, the {where} records "
+                    f"{str(digest)[:12]}…{'; changed: ' + ', '.join(changed) if changed else ''}); restore the world "
+                    f"file, or pretrain it again: `rft world pretrain {self.name}`.")
+
+    def _changed_keys(self, m: Mapping[str, Any]) -> list[str]:
+        """Best effort: the recorded pretraining parameters that differ from the world file's."""
+        params = m.get("parameters") or {}
+        now = {"model": self.model, "dataset": self.dataset, "pretrain_styles": self.pretrain_styles,
+               "captions": self.captions}
+        return [k for k, v in now.items() if k in params and _canonical(params[k]) != _canonical(v)]
 
     def load_clip(self, checkpoint: str | Path | None = None, verify: bool = True):
         """The pretrained CLIP (and tokenizer) of this world; verifies the shipped checksum."""
@@ -204,42 +349,157 @@ class World:
         return build_classifier(clip, tok, self.classnames, self.templates, self.input_mean, self.input_std)
 
 
-def load_world(name_or_path: str | Path) -> World:
-    """Load a world by name (``worlds/<name>/world.yaml``) or from a YAML path."""
+@lru_cache(maxsize=None)
+def architecture_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of the CLIP state dict of architecture ``model`` (built on the meta device: no memory,
+    no weights, about 50 ms).
+
+    Example:
+        >>> architecture_shapes("rft-tiny")["logit_scale"]
+        ()
+    """
+    import open_clip
+
+    from rftlib.models.factory import check_model_name
+
+    check_model_name(model)
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded
+    try:
+        net = open_clip.create_model(model, pretrained=None, device="meta")
+    finally:
+        logging.disable(logging.NOTSET)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _world_path(name_or_path: str | Path) -> tuple[Path, str | None]:
+    """The world file and, when loaded by name, the name it must carry."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
-        path = p
-    else:
-        path = WORLDS_DIR / str(name_or_path) / "world.yaml"
-        if not path.is_file():
-            raise ParameterError(f"world={name_or_path!r} unknown; available worlds: {available_worlds()} (or a path to a world.yaml).")
+        if not p.is_file():
+            raise ParameterError(f"world file {p} does not exist.")
+        return p, None
+    path = worlds_dir() / str(name_or_path) / "world.yaml"
     if not path.is_file():
-        raise ParameterError(f"world file {path} does not exist.")
-    cfg = yaml.safe_load(path.read_text())
-    if isinstance(cfg, dict) and cfg.get("kind") == "paper":  # a paper-scale setting: rftlib.worlds.paper
-        from rftlib.worlds.paper import PaperWorld
+        import difflib
 
-        return PaperWorld.from_config(cfg, path)  # type: ignore[return-value]
-    required = ["name", "dataset", "model", "classes", "input_mean", "input_std", "id_style", "pretrain_styles",
-                "ood_styles", "unseen_styles", "captions", "split", "pretrain"]
-    missing = [k for k in required if k not in cfg]
+        names = available_worlds()
+        close = difflib.get_close_matches(str(name_or_path), names, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ParameterError(f"world={name_or_path!r} unknown{hint}; available worlds: {names} (or a path to a world.yaml).")
+    return path, str(name_or_path)
+
+
+def _read_world_file(path: Path) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ParameterError(f"world file {path} is not valid YAML ({' '.join(str(e).split())}).") from e
+    if not isinstance(cfg, dict):
+        raise ParameterError(f"world file {path} holds a YAML {type(cfg).__name__}, not a mapping of keys.")
+    return cfg
+
+
+def _check_config(cfg: dict[str, Any], path: Path, by_name: str | None) -> None:
+    """The world file's own consistency (keys, names, styles); raises :class:`ParameterError`."""
+    label = f"world {by_name or cfg.get('name')!r} ({path})"
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
-        raise ParameterError(f"world file {path.name} lacks keys {missing}.")
+        raise ParameterError(f"{label}: the world file lacks keys {missing}; see worlds/digits/world.yaml for each key.")
+    if by_name is not None and cfg["name"] != by_name:
+        raise ParameterError(f"{label}: the file says name: {cfg['name']}, but a world's name must be its folder's; "
+                             f"set `name: {by_name}` (a copied world file keeps the old name).")
     if cfg["dataset"] not in DATASETS:
         raise ParameterError(f"world {cfg['name']!r}: dataset={cfg['dataset']!r} must be one of {list(DATASETS)}.")
     check_styles([cfg["id_style"], *cfg["pretrain_styles"], *cfg["ood_styles"], *cfg["unseen_styles"]])
+    seen = [s for s in cfg["unseen_styles"] if s in cfg["pretrain_styles"]]
+    if seen:
+        raise ParameterError(f"{label}: unseen_styles {seen} are also in pretrain_styles, so the checkpoint sees "
+                             "them in pretraining; an unseen style must be absent from pretrain_styles.")
     natural = list(cfg.get("natural_ood") or [])
     bad = [n for n in natural if n not in NATURAL_OOD]
     if bad:
         raise ParameterError(f"world {cfg['name']!r}: natural_ood {bad} unknown; known: {list(NATURAL_OOD)}.")
+
+
+def load_world(name_or_path: str | Path) -> World:
+    """Load a world by name (``worlds/<name>/world.yaml``) or from a YAML path; checks the world file
+    (keys, name = folder name when loaded by name, styles) but not the checkpoint (:func:`check_world`).
+
+    Example:
+        >>> load_world("digits").world_sha256 == load_world("digits").world_sha256
+        True
+    """
+    path, by_name = _world_path(name_or_path)
+    cfg = _read_world_file(path)
+    if cfg.get("kind") == "paper":  # a paper-scale setting: rftlib.worlds.paper
+        from rftlib.worlds.paper import PaperWorld
+
+        return PaperWorld.from_config(cfg, path)  # type: ignore[return-value]
+    _check_config(cfg, path, by_name)
     classes = [ClassNames(c["name"], list(c.get("synonyms", [])), list(c.get("coarse", []))) for c in cfg["classes"]]
     return World(
         name=cfg["name"], dataset=cfg["dataset"], model=cfg["model"], classes=classes,
         input_mean=list(cfg["input_mean"]), input_std=list(cfg["input_std"]), id_style=cfg["id_style"],
         pretrain_styles=dict(cfg["pretrain_styles"]), ood_styles=list(cfg["ood_styles"]),
-        unseen_styles=list(cfg["unseen_styles"]), natural_ood=natural, captions=dict(cfg["captions"]),
-        split=dict(cfg["split"]), pretrain=dict(cfg["pretrain"]), folder=path.parent,
+        unseen_styles=list(cfg["unseen_styles"]), natural_ood=list(cfg.get("natural_ood") or []),
+        captions=dict(cfg["captions"]), split=dict(cfg["split"]), pretrain=dict(cfg["pretrain"]),
+        folder=path.parent, world_sha256=world_file_hash(cfg),
     )
+
+
+def check_world(name_or_path: str | Path) -> World:
+    """Load a world and run every cheap check of it and its checkpoint (no model built, no kernel):
+    the world file's keys and consistency, the checkpoint's presence, header, recorded world and
+    architecture, sha256 against the manifest, and the world file's hash against the one recorded.
+
+    Paper settings (``kind: paper``) are returned after their own checks (:meth:`PaperWorld.problems`).
+
+    Raises:
+        ParameterError: the world file is unknown, unreadable or inconsistent.
+        CheckpointError: the checkpoint is missing, corrupt, another world's, another architecture's,
+            or the world file changed since pretraining. Each message is one line naming the world and the fix.
+
+    Example:
+        >>> check_world("digits").name
+        'digits'
+    """
+    world = load_world(name_or_path)
+    if getattr(world, "kind", None) == "paper":
+        problems = world.problems()  # type: ignore[attr-defined]
+        if problems:
+            raise CheckpointError(" ".join(problems))
+        return world
+    world.verify_checkpoint()
+    return world
+
+
+def save_world_checkpoint(world: World, state_dict: Mapping[str, torch.Tensor],
+                          manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``worlds/<name>/zeroshot.safetensors`` (header: world, model, world_sha256) and its
+    ``manifest.json`` (``manifest`` plus world, model, sha256, size_bytes, world_sha256); returns the manifest.
+
+    Example:
+        >>> import tempfile, shutil
+        >>> d = Path(tempfile.mkdtemp()) / "digits"
+        >>> _ = shutil.copytree(load_world("digits").folder, d, ignore=shutil.ignore_patterns("*.safetensors", "*.json"))
+        >>> w = load_world(d / "world.yaml")
+        >>> from rftlib.models.factory import create_clip
+        >>> w.model = "rft-tiny"; w.world_sha256 = "0" * 64  # a stand-in world for the example
+        >>> _ = save_world_checkpoint(w, create_clip("rft-tiny", seed=0)[0].state_dict())
+        >>> w.verify_checkpoint() == w.manifest()["sha256"]
+        True
+    """
+    from rftlib.files.io import atomic_write_json, sha256
+    from rftlib.models.checkpoints import save_state_dict
+
+    save_state_dict(world.checkpoint, state_dict,
+                    metadata={"world": world.name, "model": world.model, "world_sha256": world.world_sha256})
+    m = dict(manifest or {})
+    m["parameters"] = {**(m.get("parameters") or {}), "world": world.name, "model": world.model}
+    m.update(sha256=sha256(world.checkpoint), size_bytes=world.checkpoint.stat().st_size,
+             world_sha256=world.world_sha256)
+    atomic_write_json(world.manifest_path, m)
+    return m
 
 
 class WorldsNotVerifiedError(CheckpointError):
@@ -253,32 +513,43 @@ class WorldsNotVerifiedError(CheckpointError):
 
 
 def verify_checkpoints(names: list[str] | None = None) -> dict[str, str]:
-    """Verify every shipped world checkpoint against its manifest (``rft verify``); name → sha256.
+    """Run :func:`check_world` on every world (``rft verify``); name → sha256 of its checkpoint.
 
-    Every world is checked, also after a failure.
+    Every world is checked, also after a failure; a world file that cannot be read counts as that
+    world's failure (its message names the world).
 
     Raises:
         WorldsNotVerifiedError: (a :class:`CheckpointError`) one line naming every world that failed,
-            each with its problem.
+            each with its problem; ``.failed`` maps each to its own error.
+
+    Example:
+        >>> sorted(verify_checkpoints(["digits"]))
+        ['digits']
     """
     if not names:  # paper settings (kind: paper) ship no checkpoint: verified only when named
         from rftlib.worlds.paper import is_paper_setting
 
-        names = [n for n in available_worlds() if not is_paper_setting(WORLDS_DIR / n / "world.yaml")]
+        names = [n for n in available_worlds() if not is_paper_setting(worlds_dir() / n / "world.yaml")]
     names = list(names)
     verified: dict[str, str] = {}
-    failed: dict[str, CheckpointError] = {}
+    failed: dict[str, RftError] = {}
     for n in names:
         try:
-            verified[n] = load_world(n).verify_checkpoint()
-        except CheckpointError as e:
+            verified[n] = load_world(n).verify_checkpoint()  # for a miniature world: every check of check_world
+        except RftError as e:
             failed[n] = e
     if failed:
-        msgs = [" ".join(str(e).split()) for e in failed.values()]
+        msgs = [_named(n, e) for n, e in failed.items()]
         if len(msgs) == 1:
             message = msgs[0]
         else:
-            message = (f"{len(failed)} of {len(names)} world checkpoints failed verification "
+            message = (f"{len(failed)} of {len(names)} worlds failed verification "
                        f"({', '.join(map(repr, failed))}): " + " | ".join(msgs))
-        raise WorldsNotVerifiedError(message, verified, failed)
+        raise WorldsNotVerifiedError(message, verified, failed)  # type: ignore[arg-type]
     return verified
+
+
+def _named(name: str, e: Exception) -> str:
+    """``e``'s message on one line, starting with the world's name unless it names it already."""
+    msg = " ".join(str(e).split())
+    return msg if repr(name) in msg else f"world {name!r}: {msg}"
