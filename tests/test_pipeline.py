@@ -91,6 +91,19 @@ def test_scheduler_stops_dependants_of_a_failure_only():
     assert ran[0] == "b1" or ran[:2] == ["a1", "b1"] or ran[:2] == ["b1", "a1"]
 
 
+def test_scheduler_halts_after_an_interrupted_step():
+    class Stop(Exception):
+        pass
+
+    def one(s):
+        if s == "a":
+            raise Stop()
+        return s
+
+    ok, bad, skipped = run_graph({"a": (), "b": ("a",), "c": ()}, one, jobs=1, halt_on=(Stop,))
+    assert ok == {} and list(bad) == ["a"] and skipped == {"b": "a"}  # c was never started
+
+
 # ------------------------------------------------------------------------------------- progress
 
 

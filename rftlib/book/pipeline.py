@@ -169,6 +169,11 @@ def _record_policy(out_dir: Path, policy: Policy) -> None:
         write_manifest(out_dir, {**m, "execution": policy.to_dict()})
 
 
+#: Errors of an interrupted step (Ctrl-C): no further step starts, and the run ends with that error.
+_INTERRUPTED: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(runner, "StepInterrupted", None),) if isinstance(t, type))
+
+
 def _runner_takes_env() -> bool:
     return "kernel_env" in inspect.signature(run_notebook).parameters
 
@@ -232,7 +237,7 @@ def run_pipeline(
               f"{policy.threads} thread(s) each ({policy.cpu_count} cores, load {policy.load:.1f})")
     try:
         with relay:
-            done, errors, skipped = run_graph(graph, run_one, policy.jobs, priority)
+            done, errors, skipped = run_graph(graph, run_one, policy.jobs, priority, halt_on=_INTERRUPTED)
     finally:
         shutil.rmtree(progress_dir, ignore_errors=True)
     ordered = [done[s.name] for s in steps if s.name in done]
@@ -241,6 +246,9 @@ def run_pipeline(
         _write_timings(timings_dir / TIMINGS_NAME, rows, pf.step_names())
         write_manifest(timings_dir, manifest.finish())
     _summary(relay, pf, steps, done, errors, skipped, recorded, time.perf_counter() - t_all)
+    stopped = [e for e in errors.values() if isinstance(e, _INTERRUPTED)]
+    if stopped:
+        raise stopped[0]
     if errors:
         if len(errors) == 1 and not skipped:
             raise next(iter(errors.values()))
@@ -305,7 +313,7 @@ def _summary(relay: Relay, pf: ParamFile, steps: Sequence[Step], done: Mapping[s
     for s in steps:
         r = done.get(s.name)
         status = ("cached" if r.cached else "ran") if r else (
-            "failed" if s.name in errors else f"not run (needs {skipped.get(s.name)})")
+            "failed" if s.name in errors else f"not run (needs {skipped[s.name]})" if s.name in skipped else "not run")
         rows.append({"step": s.name, "status": status, "seconds": r.seconds if r else None,
                      "recorded": recorded.get(s.name)})
     relay.say(timing_table(rows))

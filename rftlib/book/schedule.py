@@ -235,9 +235,11 @@ def kernel_env(policy: Policy) -> dict[str, str]:
 
 
 def run_graph(graph: Mapping[str, Sequence[str]], run_one: Callable[[str], Any], jobs: int,
-              priority: Mapping[str, float] | None = None) -> tuple[dict[str, Any], dict[str, BaseException], dict[str, str]]:
+              priority: Mapping[str, float] | None = None, halt_on: tuple[type[BaseException], ...] = (),
+              ) -> tuple[dict[str, Any], dict[str, BaseException], dict[str, str]]:
     """Run every step of ``graph`` once its dependencies succeeded, up to ``jobs`` at a time, the most
-    urgent first (highest ``priority``, then file order). A failed step stops its dependants only.
+    urgent first (highest ``priority``, then file order). A failed step stops its dependants only;
+    an error of a ``halt_on`` type (an interrupted step) starts no further step.
 
     Returns:
         (results of the steps that ran, their errors, and for each step not run the failed step it
@@ -258,6 +260,7 @@ def run_graph(graph: Mapping[str, Sequence[str]], run_one: Callable[[str], Any],
     skipped: dict[str, str] = {}
     running: dict[Future, str] = {}
     pending = list(order)
+    halted = False
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="rft-step") as pool:
         while pending or running:
             for s in list(pending):
@@ -267,7 +270,7 @@ def run_graph(graph: Mapping[str, Sequence[str]], run_one: Callable[[str], Any],
                     pending.remove(s)
             ready = [s for s in pending if all(d in results for d in graph[s])]
             ready.sort(key=lambda s: (-prio.get(s, 0.0), order.index(s)))
-            for s in ready[: max(0, jobs - len(running))]:
+            for s in ([] if halted else ready[: max(0, jobs - len(running))]):
                 running[pool.submit(run_one, s)] = s
                 pending.remove(s)
             if not running:
@@ -279,6 +282,7 @@ def run_graph(graph: Mapping[str, Sequence[str]], run_one: Callable[[str], Any],
                     results[s] = f.result()
                 except Exception as e:  # noqa: BLE001 - one step's failure stops only its dependants
                     errors[s] = e
+                    halted = halted or isinstance(e, halt_on)
     return results, errors, skipped
 
 
