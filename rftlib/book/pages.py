@@ -320,7 +320,36 @@ def reproduce_fragment() -> str:
         if len(res) and keep:
             parts.append("Prefix caching for layer-wise sharpness (`benchmarks/bench_prefix.py`, a sweep over every "
                          "block measured side by side in one run; seconds and speed-up ratios):\n\n" + _table(res[keep], 2) + "\n")
+    parts.append(path_benchmark_fragment(repo_root() / "book" / "results" / "benchmarks" / "path.json"))
     return "".join(parts)
+
+
+def path_benchmark_fragment(path: Path) -> str:
+    """The whole-path benchmark's ratios beside their goals (``rftlib.book.bench``), with the load.
+
+    Example:
+        >>> import json, tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "path.json"
+        >>> _ = p.write_text(json.dumps({"quick": True, "threads": 1, "loadavg_start": [3.0, 2.0, 1.0],
+        ...     "ratios": {"sweep_vs_forward": {"ratio": 1.03, "goal": 0.9, "met": True, "note": "fp32"}}}))
+        >>> "| sweep_vs_forward | 1.03 | ≥ 0.9 | met | fp32 |" in path_benchmark_fragment(p)
+        True
+    """
+    import json
+
+    if not path.is_file():
+        return "*No whole-path benchmark yet (`benchmarks/bench_path.py`).*\n\n"
+    data = json.loads(path.read_text())
+    rows = []
+    for name, r in data.get("ratios", {}).items():
+        met = {True: "met", False: "**not met**", None: "not measured"}[r.get("met")]
+        ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        rows.append(f"| {name} | {ratio} | ≥ {r.get('goal', float('nan')):g} | {met} | {r.get('note', '')} |")
+    load = data.get("loadavg_start", [float("nan")])[0]
+    return ("The whole path (`benchmarks/bench_path.py`, " + ("quick mode, " if data.get("quick") else "")
+            + f"{data.get('threads', '?')} thread(s), load average {load:.1f} at the start: the machine was shared, "
+            "so only the ratios, measured side by side in one run, mean anything):\n\n"
+            "| ratio | value | goal | status | note |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
 def render_pages(out: str | Path = GENERATED) -> list[Path]:
