@@ -8,6 +8,7 @@
     rft book [--strict] [--builder html]
     rft mathjax [--force]
     rft verify
+    rft bench [--full] [--world W] [--threads N] [--out FILE]
 
 Errors print one line, ``rft: error: ...``, without a traceback (``RFT_DEBUG=1`` shows it); the exit
 code is 2 for bad input (parameters, names, missing files), 1 for a failed run or build.
@@ -159,6 +160,17 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from rftlib.book.bench import run_benchmarks
+
+    if a.threads < 1:
+        raise ParameterError(f"--threads={a.threads} must be at least 1")
+    out = Path(a.out) if a.out else Path("book/results/benchmarks/path.json")
+    run_benchmarks(quick=not a.full, out=out, world=a.world, threads=a.threads)
+    print(out)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -212,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
     v.set_defaults(func=cmd_verify)
+
+    be = sub.add_parser("bench", help="benchmark the whole path (ratios side by side) into book/results/benchmarks/path.json")
+    be.add_argument("--full", action="store_true", help="full mode (larger sizes, ViT-B/32 shape; tens of minutes)")
+    be.add_argument("--world", default="fashion", help="miniature world whose classifier is measured")
+    be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
+    be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
+    be.set_defaults(func=cmd_bench)
     return p
 
 
