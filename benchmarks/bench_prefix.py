@@ -43,12 +43,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from rftlib.files.io import atomic_write_json  # noqa: E402
 from rftlib.core.layers import layer_groups  # noqa: E402
 from rftlib.models.factory import build_classifier, count_parameters, create_clip  # noqa: E402
-from rftlib.core.sharpness import normalize_logits, project_linf, sharpness, step_checkpoints  # noqa: E402
+from rftlib.book.bench import reference_style_sharpness  # noqa: E402  (one reference-style implementation)
+from rftlib.core.sharpness import sharpness  # noqa: E402
 
 # name → (open_clip architecture, image size, batch size (full, quick), n_iters (full, quick), repeats)
 MODELS = {
@@ -67,71 +67,6 @@ def build(arch: str, size: int) -> torch.nn.Module:
                            (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
     del clip
     return clf.eval()
-
-
-def reference_style_sharpness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, keys: Sequence[str], *,
-                              rho: float, n_iters: int, logit_norm: bool = True) -> float:
-    """Worst-case adaptive ℓ∞ sharpness of the parameters ``keys`` on one batch, computed the way the
-    reference implementation does it (mode (a)); returns L(w + δ_best) − L(w).
-
-    Per ascent step: the full forward pass with a graph for every parameter, the gradients of *all*
-    parameters (``torch.autograd.grad`` over ``model.parameters()``; only the layer's are used),
-    the step δ += η·c⊙sign(∇) with c = |w|, the projection onto [−ρc, ρc] and APGD momentum and
-    step-size halving (as in :mod:`rftlib.core.sharpness`), then an extra no-grad forward pass at the new
-    iterate to track the best one. Weights and ``requires_grad`` flags are restored afterwards.
-    """
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    named = dict(model.named_parameters())
-    group = [named[k] for k in keys if k in named and named[k].is_floating_point()]
-    where = {id(p): i for i, p in enumerate(params)}
-    w0 = [p.detach().clone() for p in group]
-    c = [w.abs() for w in w0]
-
-    def loss_at(delta: Sequence[torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            for p, w, d in zip(group, w0, delta):
-                p.copy_(w + d)
-        z = model(x).float()
-        return F.cross_entropy(normalize_logits(z) if logit_norm else z, y)
-
-    checkpoints = set(step_checkpoints(n_iters))
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        delta = [torch.zeros_like(w) for w in w0]
-        with torch.no_grad():
-            loss0 = float(loss_at(delta))
-        best_loss, best_delta = loss0, delta
-        prev: list[torch.Tensor] | None = None
-        eta, last_ck, eta_at_last, best_at_last, n_improved = 2.0 * rho, 0, 2.0 * rho, loss0, 0
-        for k in range(n_iters):
-            loss = loss_at(delta)
-            grads_all = torch.autograd.grad(loss, params, allow_unused=True)  # every parameter's gradient
-            grads = [grads_all[where[id(p)]] for p in group]
-            if k in checkpoints:
-                too_few = n_improved < 0.75 * (k - last_ck)
-                stalled = eta == eta_at_last and best_loss == best_at_last
-                eta_at_last, best_at_last = eta, best_loss
-                if too_few or stalled:
-                    eta /= 2.0
-                    delta, prev = [d.clone() for d in best_delta], None
-                n_improved, last_ck = 0, k
-            z = project_linf([d + eta * ci * g.sign() for d, ci, g in zip(delta, c, grads)], c, rho)
-            new = z if prev is None else project_linf(
-                [d + 0.75 * (zi - d) + 0.25 * (d - p) for d, zi, p in zip(delta, z, prev)], c, rho)
-            prev, delta = delta, new
-            with torch.no_grad():  # the reference's extra forward per step: track the best iterate
-                loss_new = float(loss_at(delta))
-            if loss_new > best_loss:
-                best_loss, best_delta, n_improved = loss_new, [d.clone() for d in delta], n_improved + 1
-        return best_loss - loss0
-    finally:
-        with torch.no_grad():
-            for p, w in zip(group, w0):
-                p.copy_(w)
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 def timed(fn: Callable[[], float]) -> tuple[float, float, float]:
