@@ -374,20 +374,13 @@ def _results(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def staged_reference(tmp_path_factory) -> dict:
-    """An uninterrupted run of the fixture notebook: its folder and timeline (seconds from start to
-    the first table and to the end)."""
+    """An uninterrupted run of the fixture notebook: its results folder."""
     out = tmp_path_factory.mktemp("ref") / "staged"
-    t0 = time.perf_counter()
     proc = _start(out)
-    first = None
-    while proc.poll() is None:
-        if first is None and (out / "stage0.csv").is_file():
-            first = time.perf_counter() - t0
-        time.sleep(0.02)
-    end = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr.read().decode()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
     assert len(_results(out)) == 13
-    return {"out": out, "first": first or end / 2, "end": end}
+    return {"out": out}
 
 
 def _assert_intact(out: Path, ref: Path) -> list[str]:
@@ -414,21 +407,50 @@ def _assert_intact(out: Path, ref: Path) -> list[str]:
     return hidden
 
 
+def _fresh(path: Path, since_ns: int) -> bool:
+    """``path`` exists and was written after ``since_ns`` (staging copies keep their old times)."""
+    try:
+        return path.stat().st_mtime_ns >= since_ns
+    except FileNotFoundError:
+        return False
+
+
+def _kill_at(out: Path, event: str, jitter: float) -> bool:
+    """Start a forced run and SIGKILL it ``jitter`` seconds after ``event``: ``"kernel"`` (soon after
+    the start, mostly before the kernel runs), ``"stage<k>"`` (the notebook has written stage k's
+    JSON file into its staging folder) or ``"published"`` (the new manifest is in the results folder).
+    Returns whether the run was still going when it was killed. The kills follow the run's own
+    events, not a clock measured on another run, so a faster or slower machine moves them with it."""
+    since = time.time_ns() - 5_000_000  # file times may be coarser than the clock
+    proc = _start(out, "--force")
+    staging = out.parent / f".{out.name}.staging" / out.name
+    if event == "kernel":
+        seen = lambda: True  # noqa: E731
+    elif event == "published":
+        seen = lambda: _fresh(out / "manifest.json", since)  # noqa: E731
+    else:
+        seen = lambda: _fresh(staging / f"{event}.json", since)  # noqa: E731
+    while proc.poll() is None and not seen():
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    while proc.poll() is None and time.perf_counter() - t0 < jitter:
+        time.sleep(0.005)
+    going = proc.poll() is None
+    _kill_tree(proc)
+    return going
+
+
 @pytest.mark.slow
 def test_killed_runs_leave_no_partial_results(staged_reference, tmp_path):
     ref = staged_reference["out"]
     out = tmp_path / "work" / "staged"
     rng = random.Random(2410_16476)
-    lo, hi = max(0.0, staged_reference["first"] - 0.3), staged_reference["end"] + 0.2
+    stages = [f"stage{k}" for k in range(6)]
+    events = ["kernel", *stages, "published", rng.choice(stages), rng.choice(stages)]  # every event, two twice
     mid_run = 0
-    for i in range(10):
-        delay = rng.uniform(0.1, 1.0) if i == 0 else rng.uniform(lo, hi)  # the first: before the kernel
-        proc = _start(out, "--force")
-        t0 = time.perf_counter()
-        while proc.poll() is None and time.perf_counter() - t0 < delay:
-            time.sleep(0.01)
-        mid_run += proc.poll() is None
-        _kill_tree(proc)
+    for event in events:
+        jitter = rng.uniform(0.1, 1.0) if event == "kernel" else rng.uniform(0.0, 0.15)
+        mid_run += _kill_at(out, event, jitter)
         _assert_intact(out, ref)
     assert mid_run >= 6, "too few kills landed while the run was going"
     r = subprocess.run(_rft("run", str(STAGED), "--out", str(out), *STAGED_ARGS), env=_env(),
