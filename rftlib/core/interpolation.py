@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -118,22 +119,58 @@ class Interpolator:
         unknown = moving - set(self.keys)
         if unknown:
             raise ParameterError(f"keys not in the model: {sorted(unknown)[:3]} ...")
+        self.move(a, [k for k in self.keys if k in moving])
         for k in self.keys:
-            dst, zs, ft = self._target[k], self.theta_zs[k], self.theta_ft[k]
-            if k in moving:
-                if zs.is_floating_point():
-                    torch.lerp(zs, ft, a, out=dst)
-                else:
-                    dst.copy_(ft if a >= 0.5 else zs)
-            else:
-                dst.copy_(ft if hold == "ft" else zs)
+            if k not in moving:
+                self._target[k].copy_(self.theta_ft[k] if hold == "ft" else self.theta_zs[k])
         self.alpha = a
+
+    @torch.no_grad()
+    def move(self, alpha: float, keys: Iterable[str]) -> None:
+        """Write θ(α) into ``keys`` only, unchecked and leaving the other keys as they are (the inner
+        loop of sweeps that hold the rest; :meth:`set_alpha` is the checked entry point).
+        Non-floating entries take the endpoint nearer to α."""
+        for k in keys:
+            dst, zs, ft = self._target[k], self.theta_zs[k], self.theta_ft[k]
+            if zs.is_floating_point():
+                torch.lerp(zs, ft, alpha, out=dst)
+            else:
+                dst.copy_(ft if alpha >= 0.5 else zs)
 
     def state_at(self, alpha: float) -> dict[str, torch.Tensor]:
         """θ(α) as a new state dict (for saving; sweeps should use :meth:`set_alpha`)."""
         a = check_alpha(alpha)
         return {k: torch.lerp(self.theta_zs[k], self.theta_ft[k], a) if self.theta_zs[k].is_floating_point()
                 else (self.theta_ft[k] if a >= 0.5 else self.theta_zs[k]).clone() for k in self.keys}
+
+
+@contextmanager
+def restoring(model: nn.Module, eval_mode: bool = False) -> Iterator[nn.Module]:
+    """Run a block on ``model``, then put back its weights (in place) and its train/eval mode, even
+    when the block raises; ``eval_mode`` switches the model to eval mode inside the block.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> before = net.weight.clone()
+        >>> with restoring(net, eval_mode=True):
+        ...     _ = net.weight.data.fill_(3.0)
+        ...     net.training
+        False
+        >>> torch.equal(net.weight, before), net.training
+        (True, True)
+    """
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            own = model.state_dict(keep_vars=True)
+            for k, v in snapshot.items():
+                (own[k].data if isinstance(own[k], nn.Parameter) else own[k]).copy_(v)
+        model.train(was_training)
 
 
 def alpha_grid(n: int = 11) -> list[float]:

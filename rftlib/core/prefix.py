@@ -267,45 +267,27 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
         >>> [r["alpha"] for r in rows], rows[0]["n"]
         ([0.0, 1.0], 6)
     """
-    from rftlib.core.interpolation import check_alpha
+    from rftlib.core.evaluation import class_subset_projection
     from rftlib.core.precision import forward_logits, precision_autocast, resolve_precision
 
-    alphas = [check_alpha(a) for a in alphas]
-    if not alphas:
-        raise ParameterError("alphas is empty: give at least one interpolation coefficient in [0, 1].")
-    keys = list(keys)
-    own = model.state_dict(keep_vars=True)
-    unknown = [k for k in keys if k not in own]
-    if unknown:
-        raise ParameterError(f"keys not in the model: {unknown[:3]}; use state-dict keys "
-                             "(see rftlib.core.layers.layer_groups).")
+    alphas, keys = _check_sweep(model, alphas, keys)
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     interpolator.set_alpha(alphas[0], keys=keys, hold=hold)  # everything else at `hold`
-    targets = {k: (own[k].data if isinstance(own[k], nn.Parameter) else own[k]) for k in keys}
     suffix = SuffixModel(model, stage_of_keys(model, keys))
-    from rftlib.core.evaluation import class_subset_projection
-
     subset = class_subset_projection(model, data)
+    loss_sum, correct, n = [0.0] * len(alphas), [0] * len(alphas), 0
     was_training = model.training
     model.eval()
-    loss_sum = [0.0] * len(alphas)
-    correct = [0] * len(alphas)
-    n = 0
     try:
-        batches = _as_batches(data, batch_size, device)
-        for xb, yb in bar(batches, desc="alpha sweep", disable=not progress, unit="batch"):
+        for xb, yb in bar(_as_batches(data, batch_size, device), desc="alpha sweep", disable=not progress,
+                          unit="batch"):
             with precision_autocast(precision, device):
                 h = suffix.prefix(xb)
             if subset is not None:
                 yb = subset.map_labels(yb)
             for j, a in enumerate(alphas):
-                for k in keys:
-                    zs, ft = interpolator.theta_zs[k], interpolator.theta_ft[k]
-                    if zs.is_floating_point():
-                        torch.lerp(zs, ft, a, out=targets[k])
-                    else:
-                        targets[k].copy_(ft if a >= 0.5 else zs)
+                interpolator.move(a, keys)
                 logits = forward_logits(suffix, h, precision, device)
                 if subset is not None:
                     logits = subset.project(logits)
@@ -315,13 +297,34 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     finally:
         model.train(was_training)
         interpolator.alpha = alphas[-1]
+    return _sweep_rows(alphas, loss_sum, correct, n, keys)
+
+
+def _check_sweep(model: nn.Module, alphas: Sequence[float], keys: Sequence[str]) -> tuple[list[float], list[str]]:
+    """The checked α grid and moving keys of :func:`layer_alpha_sweep`."""
+    from rftlib.core.interpolation import check_alpha
+
+    alphas = [check_alpha(a) for a in alphas]
+    if not alphas:
+        raise ParameterError("alphas is empty: give at least one interpolation coefficient in [0, 1].")
+    keys = list(keys)
+    unknown = [k for k in keys if k not in model.state_dict(keep_vars=True)]
+    if unknown:
+        raise ParameterError(f"keys not in the model: {unknown[:3]}; use state-dict keys "
+                             "(see rftlib.core.layers.layer_groups).")
+    return alphas, keys
+
+
+def _sweep_rows(alphas: Sequence[float], loss_sum: Sequence[float], correct: Sequence[int], n: int,
+                keys: Sequence[str]) -> list[dict]:
+    """One ``{"alpha", "loss", "accuracy", "n"}`` row per α; an empty split or a non-finite loss raises."""
     if n == 0:
         raise ParameterError("cannot evaluate on an empty split.")
     rows = []
     for j, a in enumerate(alphas):
         loss = loss_sum[j] / n
         if loss != loss or loss in (float("inf"), float("-inf")):
-            raise NumericalError(f"loss at alpha={a} is not finite for keys {keys[:2]}...: the weights or inputs "
-                                 "hold NaN/inf.")
+            raise NumericalError(f"loss at alpha={a} is not finite for keys {list(keys)[:2]}...: the weights or "
+                                 "inputs hold NaN/inf.")
         rows.append({"alpha": a, "loss": loss, "accuracy": correct[j] / n, "n": n})
     return rows

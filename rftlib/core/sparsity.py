@@ -46,7 +46,7 @@ from torch import nn
 
 from rftlib.errors import ParameterError
 from rftlib.core.evaluation import Split, evaluate
-from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible
+from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible, restoring
 from rftlib.core.layers import layer_groups, resolve_layers
 from rftlib.progress import bar
 
@@ -345,44 +345,22 @@ def sparsity_sweep(
     if not splits:
         raise ParameterError("splits is empty; give at least one named split.")
     check_compatible(theta_zs, theta_ft)
-    groups = layer_groups(model, granularity)
-    if isinstance(stragglers, str):
-        stragglers = [stragglers]
-    if not stragglers:
-        raise ParameterError("stragglers is empty; give at least one layer name.")
-    s_keys = resolve_layers(groups, list(stragglers))
-    if not eligible_keys(theta_ft, s_keys, include_1d):
-        raise ParameterError(f"stragglers={list(stragglers)} hold no eligible tensors (include_1d={include_1d}).")
-    c_keys: list[str] = []
-    if control is not None:
-        control = [control] if isinstance(control, str) else list(control)
-        overlap = sorted(set(control) & set(stragglers))
-        if overlap:
-            raise ParameterError(f"control={control} overlaps stragglers at {overlap}; choose non-straggler layers.")
-        c_keys = resolve_layers(groups, control)
-        for p in ps:  # a too-small control fails here, before any evaluation
-            matched_counts(theta_ft, c_keys, sum(zero_counts(theta_ft, s_keys, p, include_1d).values()), include_1d)
-
+    s_keys, c_keys = _target_keys(model, theta_ft, stragglers, control, ps, granularity, include_1d)
+    jobs = [("none", "none", 0.0)] if baseline else []
+    jobs += [(kind, t, p) for kind in interventions for p in ps
+             for t in (("stragglers", "control") if control is not None else ("stragglers",))]
+    opts = dict(include_1d=include_1d, magnitude_source=magnitude_source)
     device = device or next(model.parameters()).device
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows: list[dict] = []
-    jobs: list[tuple[str, str, float]] = [("none", "none", 0.0)] if baseline else []
-    for kind in interventions:
-        for p in ps:
-            jobs.append((kind, "stragglers", p))
-            if control is not None:
-                jobs.append((kind, "control", p))
-    try:
+    with restoring(model):
         for kind, target, p in bar(jobs, desc="sparsity sweep", disable=not progress, unit="path"):
             if kind == "none":
                 new = Intervention(dict(theta_zs), dict(theta_ft))
             elif target == "stragglers":
-                new = intervene(theta_zs, theta_ft, s_keys, p, kind, seed, include_1d=include_1d,
-                                magnitude_source=magnitude_source)
+                new = intervene(theta_zs, theta_ft, s_keys, p, kind, seed, **opts)
             else:
                 total = sum(zero_counts(theta_ft, s_keys, p, include_1d).values())
-                new = intervene(theta_zs, theta_ft, c_keys, p, kind, seed, include_1d=include_1d,
-                                magnitude_source=magnitude_source,
+                new = intervene(theta_zs, theta_ft, c_keys, p, kind, seed, **opts,
                                 counts=matched_counts(theta_ft, c_keys, total, include_1d))
             interp = Interpolator(model, new.theta_zs, new.theta_ft)
             for a in alphas:
@@ -390,9 +368,32 @@ def sparsity_sweep(
                 for r in evaluate(model, splits, batch_size, device, progress=False):
                     rows.append({"intervention": kind, "target": target, "p": p, "seed": seed,
                                  "n_zeroed": new.n_zeroed, "alpha": a, **r})
-    finally:
-        model.load_state_dict(snapshot)
     return rows
+
+
+def _target_keys(model: nn.Module, theta_ft: Mapping[str, torch.Tensor], stragglers: Sequence[str] | str,
+                 control: Sequence[str] | str | None, ps: Sequence[float], granularity: str,
+                 include_1d: bool) -> tuple[list[str], list[str]]:
+    """The checked state-dict keys of the stragglers and of the control layers of
+    :func:`sparsity_sweep`; a control too small to match the stragglers' zeroed count fails here,
+    before any evaluation."""
+    groups = layer_groups(model, granularity)
+    stragglers = [stragglers] if isinstance(stragglers, str) else list(stragglers)
+    if not stragglers:
+        raise ParameterError("stragglers is empty; give at least one layer name.")
+    s_keys = resolve_layers(groups, stragglers)
+    if not eligible_keys(theta_ft, s_keys, include_1d):
+        raise ParameterError(f"stragglers={stragglers} hold no eligible tensors (include_1d={include_1d}).")
+    if control is None:
+        return s_keys, []
+    control = [control] if isinstance(control, str) else list(control)
+    overlap = sorted(set(control) & set(stragglers))
+    if overlap:
+        raise ParameterError(f"control={control} overlaps stragglers at {overlap}; choose non-straggler layers.")
+    c_keys = resolve_layers(groups, control)
+    for p in ps:
+        matched_counts(theta_ft, c_keys, sum(zero_counts(theta_ft, s_keys, p, include_1d).values()), include_1d)
+    return s_keys, c_keys
 
 
 def _records(table: Any) -> list[dict]:

@@ -55,7 +55,7 @@ from torch import nn
 
 from rftlib.errors import NumericalError, ParameterError
 from rftlib.core.evaluation import Split, evaluate_split
-from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible
+from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible, restoring
 from rftlib.core.layers import layer_groups, resolve_layers
 from rftlib.core.precision import resolve_precision
 from rftlib.core.prefix import layer_alpha_sweep
@@ -274,8 +274,7 @@ def single_layer_paths(
         Tidy rows ``{"layer", "group", "hold", "direction", "alpha", "split", "accuracy", "loss",
         "n"}``; ``group`` is ``"single"``, ``"cumulative"`` or ``"full"``.
     """
-    alphas = _check_alphas(alphas)
-    holds = _check_hold(hold)
+    alphas, holds = _check_alphas(alphas), _check_hold(hold)
     if direction not in DIRECTIONS:
         raise ParameterError(f"direction={direction!r} is not one of {DIRECTIONS}.")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -284,56 +283,51 @@ def single_layer_paths(
         raise ParameterError("splits is empty; give at least one named split.")
     check_compatible(theta_zs, theta_ft)
     groups = _check_layers(model, layers, granularity)
-    if cumulative:
-        groups = cumulative_groups(groups)
-    group_label = "cumulative" if cumulative else "single"
+    groups = cumulative_groups(groups) if cumulative else groups
     device = device or next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    was_training = model.training
-    model.eval()
-    interp = Interpolator(model, theta_zs, theta_ft)
+    run = dict(splits=splits, batch_size=batch_size, device=device, precision=resolve_precision(precision, device))
     rows: list[dict] = []
-
-    def emit(res: dict, layer: str, group: str, h: str, direction: str) -> None:
-        for (a, s), r in res.items():
-            _finite(r["loss"], f"layer={layer!r}, hold={h!r}, alpha={a}, split={s!r}")
-            rows.append({"layer": layer, "group": group, "hold": h, "direction": direction, "alpha": a,
-                         "split": s, "accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]})
-
-    jobs = [(h, i, name) for h in holds for i, name in enumerate(groups)]
-    full: dict[tuple[float, str], dict] = {}
-    try:
+    with restoring(model, eval_mode=True):
+        interp = Interpolator(model, theta_zs, theta_ft)
+        full: dict[tuple[float, str], dict] = {}
         if include_full:
-            full_alphas = sorted(set(alphas) | {0.0, 1.0})
-            full = _run_path(model, interp, interp.keys, "ft", full_alphas, splits, batch_size, device, False, FULL,
-                             precision)
-            emit(full, FULL, "full", "none", "task")
+            full = _run_path(model, interp, interp.keys, "ft", sorted(set(alphas) | {0.0, 1.0}),
+                             shared_prefix=False, layer=FULL, **run)
+            rows += _path_rows(full, FULL, "full", "none", "task")
+        jobs = [(h, i, name) for h in holds for i, name in enumerate(groups)]
         for h, i, name in bar(jobs, desc="single-layer paths", disable=not progress, unit="path"):
-            keys = groups[name]
-            saved = {}
-            if direction == "random":
-                d = random_direction(interp.theta_zs, interp.theta_ft, keys, seed + i)
-                saved = {k: interp.theta_ft[k] for k in d}
-                for k, v in d.items():
-                    interp.theta_ft[k] = interp.theta_zs[k] + v
             known = _endpoint_alphas(alphas, h, direction) if (reuse_endpoints and full) else {}
-            todo = [a for a in alphas if a not in known]
-            try:
-                res = _run_path(model, interp, keys, h, todo, splits, batch_size, device, shared_prefix, name,
-                                precision) if todo else {}
-            finally:
-                interp.theta_ft.update(saved)
+            res = _layer_path(model, interp, groups[name], h, [a for a in alphas if a not in known],
+                              direction, seed + i, shared_prefix=shared_prefix, layer=name, **run)
             res |= {(a, s): dict(full[(b, s)]) for a, b in known.items() for s in splits}
-            emit({(a, s): res[(a, s)] for a in alphas for s in splits}, name, group_label, h, direction)
+            rows += _path_rows({(a, s): res[(a, s)] for a in alphas for s in splits}, name,
+                               "cumulative" if cumulative else "single", h, direction)
+    return rows
+
+
+def _layer_path(model: nn.Module, interp: Interpolator, keys: Sequence[str], hold: str, alphas: Sequence[float],
+                direction: str, seed: int, **run: Any) -> dict[tuple[float, str], dict]:
+    """One layer's path at ``alphas`` (:func:`_run_path`); along a seeded random direction of the task
+    vector's norm when ``direction == "random"`` (θ_ft of those keys is swapped for the path, then put back)."""
+    saved = {}
+    if direction == "random":
+        d = random_direction(interp.theta_zs, interp.theta_ft, keys, seed)
+        saved = {k: interp.theta_ft[k] for k in d}
+        for k, v in d.items():
+            interp.theta_ft[k] = interp.theta_zs[k] + v
+    try:
+        return _run_path(model, interp, keys, hold, alphas, **run) if alphas else {}
     finally:
-        with torch.no_grad():
-            own = model.state_dict(keep_vars=True)
-            for k, v in snapshot.items():
-                dst = own[k].data if isinstance(own[k], nn.Parameter) else own[k]
-                dst.copy_(v)
-        model.train(was_training)
+        interp.theta_ft.update(saved)
+
+
+def _path_rows(res: Mapping[tuple[float, str], dict], layer: str, group: str, hold: str, direction: str) -> list[dict]:
+    """Tidy rows of one path's ``{(alpha, split): result}``; a non-finite loss raises naming the point."""
+    rows = []
+    for (a, s), r in res.items():
+        _finite(r["loss"], f"layer={layer!r}, hold={hold!r}, alpha={a}, split={s!r}")
+        rows.append({"layer": layer, "group": group, "hold": hold, "direction": direction, "alpha": a,
+                     "split": s, "accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]})
     return rows
 
 
