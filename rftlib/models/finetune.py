@@ -116,12 +116,38 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
         raise ParameterError(f"batch_size={recipe.batch_size} must be divisible by the {world} data-parallel ranks.")
     if recipe.n_train is not None:
         x, y = x[:recipe.n_train], y[:recipe.n_train]
-    n = len(x)
-    if n < recipe.batch_size:
-        raise ParameterError(f"recipe {recipe.name}: {n} training images are fewer than batch_size={recipe.batch_size}.")
+    if len(x) < recipe.batch_size:
+        raise ParameterError(f"recipe {recipe.name}: {len(x)} training images are fewer than batch_size={recipe.batch_size}.")
     device = next(model.parameters()).device
-    steps_per_epoch = n // recipe.batch_size
-    total = recipe.epochs * steps_per_epoch
+    steps_per_epoch = len(x) // recipe.batch_size
+    params, opt, sched = _optimizer(model, recipe, recipe.epochs * steps_per_epoch)
+    state_path = Path(out_dir) / "state.pt" if out_dir is not None else None
+    history, start = _resume(state_path, model, opt, sched, recipe, device)
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    for epoch in range(start, recipe.epochs):
+        model.train()
+        history.append(_epoch(train_model, params, opt, sched, x, y, recipe, epoch, steps_per_epoch,
+                              progress and rank == 0))
+        if state_path is not None and rank == 0:
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "epoch": epoch + 1, "history": history, "recipe": _recipe_key(recipe)}, tmp)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, history
+
+
+def _recipe_key(recipe: Recipe) -> dict[str, str]:
+    """The recipe as stored in (and compared against) a resume state."""
+    return {k: str(v) for k, v in recipe.to_dict().items()}
+
+
+def _optimizer(model: nn.Module, recipe: Recipe, total: int) -> tuple[list[nn.Parameter], Any, Any]:
+    """The trained parameters (all, or the head's for a linear probe), AdamW with weight decay on the
+    matrices only, and the warm-up-then-cosine schedule over ``total`` steps."""
     for p in model.parameters():
         p.requires_grad_(True)
     if recipe.mode == "linear-probe":
@@ -133,53 +159,52 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=recipe.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, recipe.warmup_steps, total))
-    history: list[dict] = []
-    start = 0
-    state_path = Path(out_dir) / "state.pt" if out_dir is not None else None
-    if state_path is not None and state_path.is_file():
-        state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe"), device)
-        if state["recipe"] != {k: str(v) for k, v in recipe.to_dict().items()}:
-            raise ParameterError(f"{state_path} belongs to another recipe; delete it or use another out_dir.")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start = list(state["history"]), int(state["epoch"])
-    train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return params, opt, sched
+
+
+def _resume(state_path: Path | None, model: nn.Module, opt: Any, sched: Any, recipe: Recipe,
+            device: torch.device) -> tuple[list[dict], int]:
+    """Load a saved resume state into model, optimizer and schedule: ``(history, first epoch to run)``;
+    ``([], 0)`` when there is none."""
+    if state_path is None or not state_path.is_file():
+        return [], 0
+    state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe"), device)
+    if state["recipe"] != _recipe_key(recipe):
+        raise ParameterError(f"{state_path} belongs to another recipe; delete it or use another out_dir.")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def _epoch(train_model: nn.Module, params: list[nn.Parameter], opt: Any, sched: Any, x: torch.Tensor,
+           y: torch.Tensor, recipe: Recipe, epoch: int, steps: int, progress: bool) -> dict:
+    """One epoch: shuffling and augmentation drawn from a generator seeded by (seed, epoch), this rank's
+    slice of every global batch; returns the epoch's history row."""
+    rank, world = _dist()
+    device = next(train_model.parameters()).device
+    g = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+    perm = torch.randperm(len(x), generator=g)
     local = slice(rank, None, world)
-    for epoch in range(start, recipe.epochs):
-        g = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
-        perm = torch.randperm(n, generator=g)
-        model.train()
-        losses, t0 = [], time.perf_counter()
-        it = bar(range(steps_per_epoch), desc=f"finetune {recipe.name} epoch {epoch + 1}/{recipe.epochs}",
-                 disable=not progress or rank != 0, unit="step")
-        for i in it:
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            params_aug = aug.sample_params(recipe.augment, len(idx), g)
-            li = idx[local]
-            xb = aug.apply(x[li].to(device), params_aug, local)
-            loss = F.cross_entropy(train_model(xb), y[li].to(device), label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NumericalError(f"fine-tuning {recipe.name}: loss is {loss.item()} at epoch {epoch + 1}, step {i}; lower lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if i % 10 == 0:
-                it.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
-                               img_s=f"{(i + 1) * recipe.batch_size / (time.perf_counter() - t0):.0f}")
-        history.append({"run": recipe.name, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "seconds": time.perf_counter() - t0, "steps": steps_per_epoch})
-        if state_path is not None and rank == 0:
-            with atomic_path(state_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "epoch": epoch + 1, "history": history,
-                            "recipe": {k: str(v) for k, v in recipe.to_dict().items()}}, tmp)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, history
+    losses, t0 = [], time.perf_counter()
+    it = bar(range(steps), desc=f"finetune {recipe.name} epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
+             unit="step")
+    for i in it:
+        idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+        params_aug = aug.sample_params(recipe.augment, len(idx), g)
+        li = idx[local]
+        xb = aug.apply(x[li].to(device), params_aug, local)
+        loss = F.cross_entropy(train_model(xb), y[li].to(device), label_smoothing=recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NumericalError(f"fine-tuning {recipe.name}: loss is {loss.item()} at epoch {epoch + 1}, step {i}; lower lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if i % 10 == 0:
+            it.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
+                           img_s=f"{(i + 1) * recipe.batch_size / (time.perf_counter() - t0):.0f}")
+    return {"run": recipe.name, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+            "seconds": time.perf_counter() - t0, "steps": steps}
