@@ -341,7 +341,6 @@ class PaperWorld:
             ParameterError: an unknown or missing key, or a value that is not allowed (checked
                 before anything is read; environment variables are only expanded on use).
         """
-        from rftlib.worlds.paperdata import DATASETS
         from rftlib.worlds.templates import classnames as _classnames
         from rftlib.worlds.templates import templates as _templates
 
@@ -359,43 +358,8 @@ class PaperWorld:
         for key in ("model", "pretrained", "data_root", "templates"):
             if not isinstance(cfg[key], str):
                 raise ParameterError(f"{where}: {key}={cfg[key]!r} must be a string.")
-        idc = cfg["id"]
-        if isinstance(idc, str):
-            idc = {"dataset": idc}
-        if not isinstance(idc, Mapping) or "dataset" not in idc:
-            raise ParameterError(f"{where}: id={cfg['id']!r} must be a mapping with at least `dataset`.")
-        bad = sorted(set(idc) - ID_KEYS)
-        if bad:
-            raise ParameterError(f"{where}: id has unknown key(s) {bad}; allowed: {sorted(ID_KEYS)}.")
-        id_name = idc["dataset"]
-        if id_name not in ("imagenet", "cifar10"):
-            raise ParameterError(f"{where}: id.dataset={id_name!r} must be 'imagenet' or 'cifar10' (a data set with a training split).")
-        splits = DATASETS[id_name].splits
-        eval_split = idc.get("eval_split") or ("val" if id_name == "imagenet" else "test")
-        train_split = idc.get("train_split") or "train"
-        for key, value in (("eval_split", eval_split), ("train_split", train_split)):
-            if value not in splits:
-                raise ParameterError(f"{where}: id.{key}={value!r} is not a split of {id_name}; allowed: {list(splits)}.")
-        per_class = idc.get("train_per_class")
-        if per_class is not None:
-            from rftlib.worlds.paperdata import ImageFolderDataset
-
-            if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class <= 0:
-                raise ParameterError(f"{where}: id.train_per_class={per_class!r} must be a positive integer or null (all).")
-            if not issubclass(DATASETS[id_name], ImageFolderDataset):
-                raise ParameterError(f"{where}: id.train_per_class applies to image-folder data sets (imagenet), not {id_name!r}.")
-        ood = cfg["ood"]
-        if not isinstance(ood, (list, tuple)) or not ood or not all(isinstance(o, str) for o in ood):
-            raise ParameterError(f"{where}: ood={ood!r} must be a non-empty list of data set names.")
-        scale = _scale_of(id_name)
-        for o in ood:
-            if o not in DATASETS or o == id_name:
-                raise ParameterError(f"{where}: ood entry {o!r} is not a distribution shift; known data sets: {sorted(DATASETS)}.")
-            if _scale_of(o) != scale:
-                raise ParameterError(f"{where}: ood entry {o!r} is not labelled in {id_name}'s label space; "
-                                     f"{id_name}'s shifts: {[s for s in DATASETS if _scale_of(s) == scale and s != id_name]}.")
-        if len(set(ood)) != len(ood):
-            raise ParameterError(f"{where}: ood={list(ood)} repeats a data set.")
+        id_name, eval_split, train_split, per_class = _check_id(cfg["id"], where)
+        ood = _check_ood(cfg["ood"], id_name, where)
         classnames_name = cfg.get("classnames") or id_name
         templates_name = cfg["templates"]
         n_classes = len(_classnames(classnames_name))
@@ -403,13 +367,7 @@ class PaperWorld:
             raise ParameterError(f"{where}: classnames={classnames_name!r} has {n_classes} names; "
                                  f"{id_name} needs {len(_classnames(id_name))} (one per label).")
         _templates(templates_name)  # raises with the allowed names
-        pre = cfg.get("preprocess") or {}
-        if not isinstance(pre, Mapping) or set(pre) - PREPROCESS_KEYS:
-            raise ParameterError(f"{where}: preprocess={pre!r} must be a mapping with keys among {sorted(PREPROCESS_KEYS)}.")
-        size = pre.get("image_size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-            raise ParameterError(f"{where}: preprocess.image_size={size!r} must be a positive integer or null (the model's).")
-        mean, std = _mean_std(pre.get("mean"), "mean", where), _mean_std(pre.get("std"), "std", where)
+        size, mean, std = _check_preprocess(cfg.get("preprocess") or {}, where)
         sha = cfg.get("sha256")
         if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha)):
             raise ParameterError(f"{where}: sha256={sha!r} must be 64 lowercase hex digits or null.")
@@ -694,3 +652,62 @@ class PaperWorld:
 
 __all__ = ["PaperWorld", "EvalSplit", "LazyImages", "image_transform", "expand_env", "env_names",
            "is_paper_setting", "ENV_WEIGHTS", "ENV_DATA"]
+
+
+def _check_id(idc: Any, where: str) -> tuple[str, str, str, int | None]:
+    """The checked ``id:`` entry of a paper setting: data set, evaluation split, training split and
+    images per class (``None``: all)."""
+    from rftlib.worlds.paperdata import DATASETS, ImageFolderDataset
+
+    raw = idc
+    if isinstance(idc, str):
+        idc = {"dataset": idc}
+    if not isinstance(idc, Mapping) or "dataset" not in idc:
+        raise ParameterError(f"{where}: id={raw!r} must be a mapping with at least `dataset`.")
+    bad = sorted(set(idc) - ID_KEYS)
+    if bad:
+        raise ParameterError(f"{where}: id has unknown key(s) {bad}; allowed: {sorted(ID_KEYS)}.")
+    id_name = idc["dataset"]
+    if id_name not in ("imagenet", "cifar10"):
+        raise ParameterError(f"{where}: id.dataset={id_name!r} must be 'imagenet' or 'cifar10' (a data set with a training split).")
+    splits = DATASETS[id_name].splits
+    eval_split = idc.get("eval_split") or ("val" if id_name == "imagenet" else "test")
+    train_split = idc.get("train_split") or "train"
+    for key, value in (("eval_split", eval_split), ("train_split", train_split)):
+        if value not in splits:
+            raise ParameterError(f"{where}: id.{key}={value!r} is not a split of {id_name}; allowed: {list(splits)}.")
+    per_class = idc.get("train_per_class")
+    if per_class is not None:
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class <= 0:
+            raise ParameterError(f"{where}: id.train_per_class={per_class!r} must be a positive integer or null (all).")
+        if not issubclass(DATASETS[id_name], ImageFolderDataset):
+            raise ParameterError(f"{where}: id.train_per_class applies to image-folder data sets (imagenet), not {id_name!r}.")
+    return id_name, eval_split, train_split, per_class
+
+
+def _check_ood(ood: Any, id_name: str, where: str) -> list[str]:
+    """The checked ``ood:`` list: distinct data sets labelled in the ID data set's label space."""
+    from rftlib.worlds.paperdata import DATASETS
+
+    if not isinstance(ood, (list, tuple)) or not ood or not all(isinstance(o, str) for o in ood):
+        raise ParameterError(f"{where}: ood={ood!r} must be a non-empty list of data set names.")
+    scale = _scale_of(id_name)
+    for o in ood:
+        if o not in DATASETS or o == id_name:
+            raise ParameterError(f"{where}: ood entry {o!r} is not a distribution shift; known data sets: {sorted(DATASETS)}.")
+        if _scale_of(o) != scale:
+            raise ParameterError(f"{where}: ood entry {o!r} is not labelled in {id_name}'s label space; "
+                                 f"{id_name}'s shifts: {[s for s in DATASETS if _scale_of(s) == scale and s != id_name]}.")
+    if len(set(ood)) != len(ood):
+        raise ParameterError(f"{where}: ood={list(ood)} repeats a data set.")
+    return list(ood)
+
+
+def _check_preprocess(pre: Any, where: str) -> tuple[int | None, Any, Any]:
+    """The checked ``preprocess:`` mapping: image size (``None``: the model's), mean and std."""
+    if not isinstance(pre, Mapping) or set(pre) - PREPROCESS_KEYS:
+        raise ParameterError(f"{where}: preprocess={pre!r} must be a mapping with keys among {sorted(PREPROCESS_KEYS)}.")
+    size = pre.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ParameterError(f"{where}: preprocess.image_size={size!r} must be a positive integer or null (the model's).")
+    return size, _mean_std(pre.get("mean"), "mean", where), _mean_std(pre.get("std"), "std", where)
