@@ -258,49 +258,57 @@ def summarize_runs(df: pd.DataFrame, ood_splits: Sequence[str] | None = None, id
         raise ParameterError(f"id_split={id_split!r} is not a split of the table ({sorted(set(df['split'].astype(str)))}).")
     ood = ood_mean(df, ood_splits, id_split=id_split, keys=keys)
     ident = df[df["split"].astype(str) == id_split]
-    rows = []
     groups = ood.groupby(keys, sort=True, dropna=False) if keys else [((), ood)]
+    rows = []
     for key, sub in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        label = dict(zip(keys, key))
-        sub = sub.sort_values("alpha")
-        alphas = sub["alpha"].to_numpy(dtype=float)
-        acc_ood = sub["accuracy"].to_numpy(dtype=float)
-        try:
-            zs, ft, interior = _endpoints(alphas, name=f"alphas of curve {label}")
-        except ParameterError as e:
-            raise ParameterError(str(e)) from None
-        if not interior.any():
-            raise ParameterError(f"curve {label} has no interior alpha in (0, 1): {alphas.tolist()}.")
-        mask = np.ones(len(ident), dtype=bool)
-        for k, v in label.items():
-            mask &= (ident[k] == v).to_numpy() if not pd.isna(v) else ident[k].isna().to_numpy()
-        id_rows = ident[mask].set_index("alpha")
-        missing = [float(a) for a in alphas if a not in id_rows.index]
-        if missing:
-            raise ParameterError(f"curve {label} lacks ID split {id_split!r} rows at alpha {missing}.")
-        id_rows = id_rows.loc[alphas]
-        acc_id = id_rows["accuracy"].to_numpy(dtype=float)
-        ii = np.flatnonzero(interior)
-        best = int(ii[np.argmax(acc_ood[ii])])  # argmax takes the first (smallest α) among ties
-        best_any = int(np.argmax(acc_ood))
-        gain_zs = acc_ood[best] - acc_ood[zs]
-        gain_ft = acc_ood[best] - acc_ood[ft]
-        gain_both = acc_ood[best] - max(acc_ood[zs], acc_ood[ft])
-        barrier = float("nan")
-        if "loss" in id_rows.columns:
-            loss = id_rows["loss"].to_numpy(dtype=float)
-            if np.isfinite(loss).all():
-                barrier = loss_barrier(alphas, loss)
-        rows.append({
-            **label,
-            "n_alpha": int(alphas.size),
-            "acc_id_zs": acc_id[zs], "acc_ood_zs": acc_ood[zs],
-            "alpha_best": alphas[best], "acc_id_best": acc_id[best], "acc_ood_best": acc_ood[best],
-            "acc_id_ft": acc_id[ft], "acc_ood_ft": acc_ood[ft],
-            "alpha_best_any": alphas[best_any],
-            "gain_over_zs": gain_zs, "gain_over_ft": gain_ft, "gain_over_both": gain_both,
-            "failure_mode": bool(gain_zs <= tol), "successful": bool(gain_both > tol),
-            "loss_barrier": barrier,
-        })
+        label = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        rows.append({**label, **_summarize_curve(label, sub.sort_values("alpha"), ident, id_split, tol)})
     return pd.DataFrame(rows)
+
+
+def _summarize_curve(label: dict, sub: pd.DataFrame, ident: pd.DataFrame, id_split: str, tol: float) -> dict:
+    """The summary columns of one curve (``sub``: its mean-OOD rows sorted by α; ``ident``: every
+    curve's ID rows) for :func:`summarize_runs`."""
+    alphas = sub["alpha"].to_numpy(dtype=float)
+    acc_ood = sub["accuracy"].to_numpy(dtype=float)
+    try:
+        zs, ft, interior = _endpoints(alphas, name=f"alphas of curve {label}")
+    except ParameterError as e:
+        raise ParameterError(str(e)) from None
+    if not interior.any():
+        raise ParameterError(f"curve {label} has no interior alpha in (0, 1): {alphas.tolist()}.")
+    id_rows = _id_rows(label, alphas, ident, id_split)
+    acc_id = id_rows["accuracy"].to_numpy(dtype=float)
+    ii = np.flatnonzero(interior)
+    best = int(ii[np.argmax(acc_ood[ii])])  # argmax takes the first (smallest α) among ties
+    best_any = int(np.argmax(acc_ood))
+    gain_zs = acc_ood[best] - acc_ood[zs]
+    gain_ft = acc_ood[best] - acc_ood[ft]
+    gain_both = acc_ood[best] - max(acc_ood[zs], acc_ood[ft])
+    barrier = float("nan")
+    if "loss" in id_rows.columns:
+        loss = id_rows["loss"].to_numpy(dtype=float)
+        if np.isfinite(loss).all():
+            barrier = loss_barrier(alphas, loss)
+    return {
+        "n_alpha": int(alphas.size),
+        "acc_id_zs": acc_id[zs], "acc_ood_zs": acc_ood[zs],
+        "alpha_best": alphas[best], "acc_id_best": acc_id[best], "acc_ood_best": acc_ood[best],
+        "acc_id_ft": acc_id[ft], "acc_ood_ft": acc_ood[ft],
+        "alpha_best_any": alphas[best_any],
+        "gain_over_zs": gain_zs, "gain_over_ft": gain_ft, "gain_over_both": gain_both,
+        "failure_mode": bool(gain_zs <= tol), "successful": bool(gain_both > tol),
+        "loss_barrier": barrier,
+    }
+
+
+def _id_rows(label: dict, alphas: np.ndarray, ident: pd.DataFrame, id_split: str) -> pd.DataFrame:
+    """One curve's ID rows, indexed by α in the order of ``alphas``; a missing α raises."""
+    mask = np.ones(len(ident), dtype=bool)
+    for k, v in label.items():
+        mask &= (ident[k] == v).to_numpy() if not pd.isna(v) else ident[k].isna().to_numpy()
+    id_rows = ident[mask].set_index("alpha")
+    missing = [float(a) for a in alphas if a not in id_rows.index]
+    if missing:
+        raise ParameterError(f"curve {label} lacks ID split {id_split!r} rows at alpha {missing}.")
+    return id_rows.loc[alphas]
