@@ -453,6 +453,25 @@ def _random_like(ts: Sequence[torch.Tensor], kind: str, gen: torch.Generator) ->
 class SharpnessConfig:
     """The settings of one sharpness estimate (validated on construction; see :func:`sharpness`).
 
+    Attributes:
+        rho: the radius ρ ≥ 0; 0 gives exactly 0.
+        kind: ``"worst"`` (ascent) or ``"average"`` (random draws).
+        norm: ``"linf"`` or ``"l2"`` (average-case: uniform or Gaussian noise).
+        adaptive: budget relative to |w| (c = |w|) or absolute (c = 1).
+        n_iters: ascent steps per batch (worst) or noise draws per batch (average).
+        m: examples per batch (m-sharpness: max per batch, then mean).
+        logit_norm: cross-entropy on normalized logits (:func:`normalize_logits`).
+        seed: seeds the random init / noise (same seed, same values).
+        random_init: worst-case only: start from a random δ in the budget (ℓ∞: u ~ U[−ρ, ρ];
+            ℓ2: u uniform on the sphere of radius ρ) instead of δ = 0.
+        l2_projection: adaptive ℓ2 worst-case only, a consistent pair of step and projection:
+            ``"rescale"`` (default: steepest ascent in u = δ ⊘ |w| and projection in u; rescaling-invariant,
+            and the strongest ascent measured) or ``"ellipsoid"`` (steepest ascent in δ and the Euclidean
+            projection in δ onto the ellipsoid).
+        naive: force the full forward pass at every step (no prefix caching).
+        precision: a factory of a context manager wrapped around every forward pass (e.g. a bf16
+            autocast from the caller's device layer); ``None``: fp32, no wrapper.
+
     Example:
         >>> cfg = SharpnessConfig(rho=0.01, norm="l2")
         >>> cfg.kind, cfg.l2_projection, cfg.replace(n_iters=5).n_iters
@@ -567,24 +586,7 @@ def sharpness(model: nn.Module, data: Any, group: str | Sequence[str] = "all", c
             granularity), a state-dict key, or a list of keys.
         config: the estimator's settings (:class:`SharpnessConfig`); ``**fields`` override its fields
             (or, without ``config``, make one: ``sharpness(model, data, rho=0.01, norm="l2")``, the
-            form every caller used before the config existed). The fields:
-        rho: the radius ρ ≥ 0; 0 gives exactly 0.
-        kind: ``"worst"`` (ascent) or ``"average"`` (random draws).
-        norm: ``"linf"`` or ``"l2"`` (average-case: uniform or Gaussian noise).
-        adaptive: budget relative to |w| (c = |w|) or absolute (c = 1).
-        n_iters: ascent steps per batch (worst) or noise draws per batch (average).
-        m: examples per batch (m-sharpness: max per batch, then mean).
-        logit_norm: cross-entropy on normalized logits (:func:`normalize_logits`).
-        seed: seeds the random init / noise (same seed, same values).
-        random_init: worst-case only: start from a random δ in the budget (ℓ∞: u ~ U[−ρ, ρ];
-            ℓ2: u uniform on the sphere of radius ρ) instead of δ = 0.
-        l2_projection: adaptive ℓ2 worst-case only, a consistent pair of step and projection:
-            ``"rescale"`` (default: steepest ascent in u = δ ⊘ |w| and projection in u; rescaling-invariant,
-            and the strongest ascent measured) or ``"ellipsoid"`` (steepest ascent in δ and the Euclidean
-            projection in δ onto the ellipsoid).
-        naive: force the full forward pass at every step (no prefix caching).
-        precision: a factory of a context manager wrapped around every forward pass (e.g. a bf16
-            autocast from the caller's device layer); ``None``: fp32, no wrapper.
+            form every caller used before the config existed); the fields are described there.
         name: the ``layer`` label of the result (default: the layer name, ``"all"`` or ``"custom"``).
         callback: called after every evaluated iterate (or draw) with a dict ``batch``, ``iter``,
             ``delta`` (live tensors, clone to keep), ``c``, ``names``, ``loss``, ``eta``, ``rho``,
@@ -608,31 +610,38 @@ def sharpness(model: nn.Module, data: Any, group: str | Sequence[str] = "all", c
         raise ParameterError(f"callback={callback!r} must be callable or None.")
     t_start = time.perf_counter()
     candidates = _candidates(model, keys, layer)
-    all_params = list(model.parameters())
-    flags = [p.requires_grad for p in all_params]
-    was_training = model.training
     settings = cfg.settings(layer)
-    ctx: _Batch | None = None
-    try:
-        model.eval()
-        cand_ids = {id(p) for _, p in candidates}
-        for p in all_params:
-            p.requires_grad_(id(p) in cand_ids)
+    with _only_grads_for(model, [p for _, p in candidates]):
         chunks = _chunks(data, cfg.m, candidates[0][1].device)
         first = next(chunks, None)
         if first is None:
             raise ParameterError("data is empty: sharpness needs at least one example.")
         ctx = _prepare(model, candidates, first, cfg, callback, layer, settings)
-        rows = [_one_batch(ctx, xb, yb, b) for b, (xb, yb) in enumerate(bar(
-            itertools.chain([first], chunks), total=_n_batches(data, cfg.m), desc=f"sharpness {layer}",
-            disable=not progress, unit="batch"))]
-    finally:
-        if ctx is not None:
+        try:
+            rows = [_one_batch(ctx, xb, yb, b) for b, (xb, yb) in enumerate(bar(
+                itertools.chain([first], chunks), total=_n_batches(data, cfg.m), desc=f"sharpness {layer}",
+                disable=not progress, unit="batch"))]
+        finally:
             ctx.pert.set(None)
+    return _result(rows, cfg, settings, time.perf_counter() - t_start)
+
+
+@contextlib.contextmanager
+def _only_grads_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Eval mode, and gradients for ``params`` only, inside the block; flags and mode restored after."""
+    all_params = list(model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    was_training = model.training
+    ids = {id(p) for p in params}
+    try:
+        model.eval()
+        for p in all_params:
+            p.requires_grad_(id(p) in ids)
+        yield
+    finally:
         for p, f in zip(all_params, flags):
             p.requires_grad_(f)
         model.train(was_training)
-    return _result(rows, cfg, settings, time.perf_counter() - t_start)
 
 
 def _candidates(model: nn.Module, keys: Sequence[str], layer: str) -> list[tuple[str, nn.Parameter]]:
