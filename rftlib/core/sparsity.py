@@ -295,24 +295,12 @@ def control_layers(groups: Mapping[str, Sequence[str]], stragglers: Sequence[str
 
 
 def sparsity_sweep(
-    model: nn.Module,
-    theta_zs: Mapping[str, torch.Tensor],
-    theta_ft: Mapping[str, torch.Tensor],
-    splits: Mapping[str, Split],
-    stragglers: Sequence[str],
-    ps: Iterable[float] = DEFAULT_PS,
-    interventions: Sequence[str] = ("mask_both",),
-    alphas: Iterable[float] | None = None,
-    *,
-    control: Sequence[str] | None = None,
-    granularity: str = "block",
-    seed: int = 0,
-    include_1d: bool = False,
-    magnitude_source: str = "ft",
-    baseline: bool = True,
-    batch_size: int = 1000,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    model: nn.Module, theta_zs: Mapping[str, torch.Tensor], theta_ft: Mapping[str, torch.Tensor],
+    splits: Mapping[str, Split], stragglers: Sequence[str], ps: Iterable[float] = DEFAULT_PS,
+    interventions: Sequence[str] = ("mask_both",), alphas: Iterable[float] | None = None, *,
+    control: Sequence[str] | None = None, granularity: str = "block", seed: int = 0, include_1d: bool = False,
+    magnitude_source: str = "ft", baseline: bool = True, batch_size: int = 1000,
+    device: torch.device | str | None = None, progress: bool = True,
 ) -> list[dict]:
     """Sweep α on the endpoints after each intervention, for the stragglers and a matched control.
 

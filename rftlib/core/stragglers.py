@@ -223,25 +223,12 @@ def _finite(loss: float, where: str) -> None:
 
 
 def single_layer_paths(
-    model: nn.Module,
-    theta_zs: Mapping[str, torch.Tensor],
-    theta_ft: Mapping[str, torch.Tensor],
-    splits: Mapping[str, Split],
-    layers: Mapping[str, Sequence[str]] | Sequence[str] | str | None = None,
-    alphas: Iterable[float] | None = None,
-    hold: str = "ft",
-    *,
-    granularity: str = "block",
-    direction: str = "task",
-    seed: int = 0,
-    cumulative: bool = False,
-    include_full: bool = True,
-    shared_prefix: bool = True,
-    reuse_endpoints: bool = True,
-    batch_size: int = 1000,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    precision: str = "fp32",
+    model: nn.Module, theta_zs: Mapping[str, torch.Tensor], theta_ft: Mapping[str, torch.Tensor],
+    splits: Mapping[str, Split], layers: Mapping[str, Sequence[str]] | Sequence[str] | str | None = None,
+    alphas: Iterable[float] | None = None, hold: str = "ft", *, granularity: str = "block",
+    direction: str = "task", seed: int = 0, cumulative: bool = False, include_full: bool = True,
+    shared_prefix: bool = True, reuse_endpoints: bool = True, batch_size: int = 1000,
+    device: torch.device | str | None = None, progress: bool = True, precision: str = "fp32",
 ) -> list[dict]:
     """Accuracy and loss along every single-layer path (and the full path, layer ``"all"``).
 
