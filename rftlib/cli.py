@@ -5,7 +5,7 @@
     rft run NOTEBOOK [--params NAME] [--step STEP] [-p key=value ...] [--out DIR] [--force] [--timeout S]
     rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list]
     rft params NOTEBOOK
-    rft book [--strict] [--builder html]
+    rft book [--results ROOT] [--strict] [--builder html]
     rft mathjax [--force]
     rft verify
     rft bench [--full] [--world W] [--threads N] [--out FILE]
@@ -84,8 +84,12 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     for s in pf.steps:
         check_timeout(s.timeout, where=f"{a.paramfile}: step {s.name}: 'timeout'")
     if a.list:
+        from rftlib.book.pipeline import rooted, step_folder
+
+        _, results = rooted(pf)
+        _echo(f"pipeline {pf.name}: results root {pf.results_root}")
         for s in select_steps(pf, a.only, a.from_step):
-            print(f"{s.name}\t{s.notebook}")
+            print(f"{s.name}\t{s.notebook}\t{step_folder(results, s)}")
         return EXIT_OK
     run_pipeline(pf, only=a.only, from_step=a.from_step, force=a.force, kernel_name=a.kernel,
                  timeout=a.timeout, jobs=a.jobs, threads=a.threads)
@@ -127,14 +131,14 @@ def book_command(strict: bool = True, builder: str = "html", path_output: str | 
 
 
 def cmd_book(a: argparse.Namespace) -> int:
+    from rftlib.book.pages import render_pages, results_folder
     from rftlib.files.manifest import repo_root
 
     root = repo_root()
+    results_folder(a.results)  # inside the repository and there, before anything is fetched or built
     if a.builder == "html":
         fetch_mathjax()
-    from rftlib.book.pages import render_pages
-
-    render_pages()
+    render_pages(a.results)
     cmd = book_command(a.strict, a.builder, a.path_output)
     _echo("$ " + " ".join(cmd))
     rc = subprocess.run(cmd, cwd=root).returncode
@@ -213,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.set_defaults(func=cmd_params)
 
     b = sub.add_parser("book", help="build the Jupyter Book (fetches MathJax first if missing)")
+    b.add_argument("--results", default="book/results", metavar="ROOT",
+                   help="results root the pages are rendered from, inside the repository (default book/results; "
+                        "the quick pipeline writes book/results-quick)")
     b.add_argument("--strict", action="store_true", help="warnings are errors: -W -n --keep-going")
     b.add_argument("--builder", default="html", help="Sphinx builder (default html)")
     b.add_argument("--path-output", metavar="DIR", help="build into DIR/_build instead of ./_build")

@@ -1,40 +1,118 @@
 """Book fragments generated from the result files: every number on a findings page comes from here.
 
-``render_pages()`` reads ``book/results/`` and writes Markdown fragments into ``book/_generated/``,
-which the hand-written pages pull in with ``{include}``. Nothing in the fragments is typed by hand:
-tables are rendered from the CSV files, sentences are filled from them, and verdicts come from
-``claims.csv``. ``rft book`` runs this before building.
+``render_pages(results)`` reads a results root (default ``book/results``; ``rft book --results ROOT``)
+and writes Markdown fragments into ``book/_generated/``, which the hand-written pages pull in with
+``{include}``. Nothing in the fragments is typed by hand: tables are rendered from the CSV files,
+sentences are filled from them, verdicts come from the steps' ``claims.csv``, and figures are those
+of the same root. The introduction and the reproduction page say which root, and which pipeline
+(``<root>/pipeline/manifest.json``), the book was built from. ``rft book`` runs this before building.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from rftlib.book.claims import CLAIM_TEXTS, claims_matrix_html, read_claims, read_power
 from rftlib.files.io import atomic_write_text
-from rftlib.files.manifest import repo_root
+from rftlib.errors import ParameterError
+from rftlib.files.manifest import read_manifest, repo_root
+from rftlib.book.params import DEFAULT_RESULTS_ROOT, check_results_root
 
 GENERATED = "book/_generated"
 WORLDS = ("fashion", "digits", "digits-clean")
+#: The pipeline's own folder under a results root (timings and the pipeline's manifest).
+PIPELINE_DIR = "pipeline"
+
+
+def results_folder(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, what: str = "--results") -> Path:
+    """The results root the book is rendered from, as an absolute path: a folder inside the
+    repository (:func:`rftlib.book.params.check_results_root`) that exists.
+
+    Raises:
+        ParameterError: outside the repository, or missing (the fix: run the pipeline that writes
+            it, named when a pipeline file in ``notebooks/params/`` has that ``results_root``).
+
+    Example:
+        >>> results_folder("book/results").relative_to(repo_root()).as_posix()
+        'book/results'
+        >>> results_folder("book/no-such-results")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: --results book/no-such-results does not exist: run the pipeline that writes it first, or give an existing results root
+    """
+    rel = check_results_root(results, what)
+    folder = repo_root() / rel
+    if not folder.is_dir():
+        writers = _pipelines_writing(rel)
+        how = " or ".join(f"`rft pipeline {w}`" for w in writers) if writers else "the pipeline that writes it"
+        raise ParameterError(f"{what} {rel} does not exist: run {how} first, or give an existing results root")
+    return folder
+
+
+def _pipelines_writing(rel: str) -> list[str]:
+    """The pipeline files of ``notebooks/params/`` whose ``results_root`` is ``rel``."""
+    from rftlib.book.params import PARAMS_DIR, yaml_load
+
+    found = []
+    for f in sorted((repo_root() / PARAMS_DIR).glob("*.y*ml")):
+        try:
+            data = yaml_load(f.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "steps" in data and \
+                    check_results_root(data.get("results_root", DEFAULT_RESULTS_ROOT)) == rel:
+                found.append(f"{PARAMS_DIR.as_posix()}/{f.name}")
+        except Exception:  # noqa: BLE001 - an unreadable file or a bad root names no root
+            continue
+    return found
 
 
 def _root() -> Path:
-    return repo_root() / "book" / "results"
+    """The book's default results root (the fragments take another as their ``results``)."""
+    return repo_root() / DEFAULT_RESULTS_ROOT
 
 
-def _read(step: str, name: str) -> pd.DataFrame | None:
-    p = _root() / step / f"{name}.csv"
+def _rel(root: Path) -> str:
+    """A results root as the book names it: repository-relative, POSIX style."""
+    return Path(os.path.abspath(root)).relative_to(repo_root()).as_posix()
+
+
+def _read(root: Path, step: str, name: str) -> pd.DataFrame | None:
+    p = root / step / f"{name}.csv"
     return pd.read_csv(p) if p.is_file() else None
 
 
-def _fig(step: str, name: str, caption: str) -> str:
-    p = _root() / step / f"{name}.png"
+def _fig(root: Path, step: str, name: str, caption: str) -> str:
+    p = root / step / f"{name}.png"
     if not p.is_file():
         return f"*(figure `{step}/{name}.png` not produced yet: run step `{step}`)*\n\n"
-    return f"```{{figure}} /book/results/{step}/{name}.png\n:width: 100%\n\n{caption}\n```\n\n"
+    return f"```{{figure}} /{_rel(root)}/{step}/{name}.png\n:width: 100%\n\n{caption}\n```\n\n"
+
+
+def pipeline_name(root: Path) -> str | None:
+    """The pipeline that wrote a results root, from its ``pipeline/manifest.json`` (``None`` if unknown).
+
+    Example:
+        >>> pipeline_name(repo_root() / "book" / "results"), pipeline_name(Path("/nonexistent"))
+        ('default', None)
+    """
+    m = read_manifest(root / PIPELINE_DIR / "manifest.json") or {}
+    name = m.get("parameters", {}).get("pipeline") if isinstance(m.get("parameters"), dict) else None
+    return str(name) if name else None
+
+
+def built_from(root: Path) -> str:
+    """The line that says which results root, and which pipeline, the book was built from.
+
+    Example:
+        >>> built_from(repo_root() / "book" / "results")
+        'Built from the results in `book/results` (pipeline `default`).'
+    """
+    name = pipeline_name(root)
+    return f"Built from the results in `{_rel(root)}`" + (f" (pipeline `{name}`)." if name else " (pipeline unknown).")
 
 
 def _pct(x: float) -> str:
@@ -54,9 +132,9 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
     return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in d.itertuples(index=False))
 
 
-def _power_note(claim: str, world: str) -> str:
+def _power_note(claim: str, world: str, root: Path | None = None) -> str:
     """The detectable-effect statement beside a verdict resting on the absence of an effect."""
-    pw = read_power(_root())
+    pw = read_power(root or _root())
     r = pw[(pw["claim"] == claim) & (pw["world"] == world)]
     if r.empty:
         return ""
@@ -66,7 +144,7 @@ def _power_note(claim: str, world: str) -> str:
     return "; " + "; ".join(notes)
 
 
-def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
+def _verdict(claims: pd.DataFrame | None, claim: str, world: str, root: Path | None = None) -> str:
     if claims is None:
         return "*not yet measured*"
     r = claims[(claims["claim"] == claim) & (claims["world"] == world)]
@@ -77,13 +155,13 @@ def _verdict(claims: pd.DataFrame | None, claim: str, world: str) -> str:
     p = "" if pd.isna(r["p_value"]) else f", p = {_num(r['p_value'])}"
     if "untestable" in str(r["statistic"]):
         return f"**{r['verdict']}** — {r['statistic']}"
-    return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}{_power_note(claim, world)}"
+    return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}{_power_note(claim, world, root)}"
 
 
-def _evidence(world: str, claims: tuple[str, ...]) -> str:
+def _evidence(world: str, claims: tuple[str, ...], root: Path | None = None) -> str:
     """The population statistics of ``claims`` on ``world`` (``<world>-*/evidence.csv`` written from
     :mod:`rftlib.steps.evidence`), as a table; empty when no step wrote one."""
-    files = sorted(_root().glob(f"{world}-*/evidence.csv"))
+    files = sorted((root or _root()).glob(f"{world}-*/evidence.csv"))
     parts = [pd.read_csv(f) for f in files]
     d = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if d.empty or "claim" not in d:
@@ -140,11 +218,12 @@ def conclusion_sentences(claims: pd.DataFrame | None) -> str:
             f"succeed (F2), holds in {where}{tail}.")
 
 
-def p1_fragment(claims: pd.DataFrame | None) -> str:
+def p1_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
+    root = _as_root(results)
     parts = []
     for w in WORLDS:
         step = f"{w}-interpolate"
-        s = _read(step, "summary")
+        s = _read(root, step, "summary")
         parts.append(f"## World `{w}`\n\n")
         if s is None:
             parts.append(f"*Not yet run: step `{step}`.*\n\n")
@@ -152,71 +231,73 @@ def p1_fragment(claims: pd.DataFrame | None) -> str:
         n_fail, n_succ, n = int(s["failure_mode"].sum()), int(s["successful"].sum()), len(s)
         parts.append(f"Of {n} fine-tuning runs, **{n_succ}** interpolate successfully (an interior α beats both "
                      f"endpoints on mean OOD accuracy) and **{n_fail}** are in the failure mode (no interior α beats "
-                     f"the zero-shot model). Verdict on P1: {_verdict(claims, 'P1', w)}.\n\n" + _evidence(w, ("P1",)))
+                     f"the zero-shot model). Verdict on P1: {_verdict(claims, 'P1', w, root)}.\n\n" + _evidence(w, ("P1",), root))
         cols = ["run", "lr", "augment", "acc_id_zs", "acc_ood_zs", "alpha_best", "acc_id_best", "acc_ood_best",
                 "acc_id_ft", "acc_ood_ft", "loss_barrier", "failure_mode"]
         parts.append(_table(s[[c for c in cols if c in s]]) + "\n")
-        pp = _read(step, "p1_parts")
+        pp = _read(root, step, "p1_parts")
         if pp is not None:
             parts.append("The four parts of P1:\n\n" + _table(pp[["part", "statistic", "value", "ci_low", "ci_high", "verdict"]]) + "\n")
-        parts.append(_fig(step, "alpha_curves", f"World `{w}`: accuracy along α for every run (ID, mean OOD over the "
+        parts.append(_fig(root, step, "alpha_curves", f"World `{w}`: accuracy along α for every run (ID, mean OOD over the "
                           "styles seen in pretraining, mean over the unseen styles). A curve whose mean-OOD line rises "
                           "above both of its ends is a successful interpolation."))
-        parts.append(_fig(step, "id_ood_plane", f"World `{w}`: the WiSE-FT plane. Each run's path from θ_zs (α = 0) "
+        parts.append(_fig(root, step, "id_ood_plane", f"World `{w}`: the WiSE-FT plane. Each run's path from θ_zs (α = 0) "
                           "to θ_ft (α = 1); paths that bulge above the straight chord gain OOD accuracy by interpolating."))
-        parts.append(_fig(step, "barrier_vs_gain", f"World `{w}`: ID loss barrier against the OOD gain of the best "
+        parts.append(_fig(root, step, "barrier_vs_gain", f"World `{w}`: ID loss barrier against the OOD gain of the best "
                           "interior α over the zero-shot model, one point per run."))
     return "".join(parts)
 
 
-def sharpness_fragment(claims: pd.DataFrame | None, which: str) -> str:
+def sharpness_fragment(claims: pd.DataFrame | None, which: str, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
+    root = _as_root(results)
     parts = []
     for w in WORLDS:
         step = f"{w}-sharpness"
         parts.append(f"## World `{w}`\n\n")
-        corr = _read(step, "correlations")
+        corr = _read(root, step, "correlations")
         if corr is None:
             parts.append(f"*Not yet run: step `{step}`.*\n\n")
             continue
         if which == "f1":
-            parts.append(f"Verdict on F1: {_verdict(claims, 'F1', w)}.\n\n" + _evidence(w, ("F1",)))
-            parts.append(_fig(step, "sharpness_vs_alpha", f"World `{w}`: whole-model sharpness of θ(α) per run (left "
+            parts.append(f"Verdict on F1: {_verdict(claims, 'F1', w, root)}.\n\n" + _evidence(w, ("F1",), root))
+            parts.append(_fig(root, step, "sharpness_vs_alpha", f"World `{w}`: whole-model sharpness of θ(α) per run (left "
                               "panels, one per ρ) and the mean OOD accuracy of the same models (right)."))
-            parts.append(_fig(step, "whole_vs_ood", f"World `{w}`: whole-model sharpness against mean OOD accuracy, "
+            parts.append(_fig(root, step, "whole_vs_ood", f"World `{w}`: whole-model sharpness against mean OOD accuracy, "
                               "every run and α."))
         else:
-            parts.append(f"Verdict on F2: {_verdict(claims, 'F2', w)}.\n\nVerdict on F3: {_verdict(claims, 'F3', w)}.\n\n"
-                         + _evidence(w, ("F2", "F3")))
+            parts.append(f"Verdict on F2: {_verdict(claims, 'F2', w, root)}.\n\nVerdict on F3: {_verdict(claims, 'F3', w, root)}.\n\n"
+                         + _evidence(w, ("F2", "F3"), root))
             cols = ["layer", "rho", "mean", "ci_low", "ci_high", "n_pos", "n_neg", "stouffer_p", "n_runs_used"]
             parts.append("Within-run Kendall τ between each layer's sharpness and mean OOD accuracy, combined "
                          "across runs (mean τ, bootstrap interval over runs, runs with positive/negative τ, "
                          "directional Stouffer p):\n\n" + _table(corr[[c for c in cols if c in corr]]) + "\n")
-            parts.append(_fig(step, "layer_correlations", f"World `{w}`: mean within-run τ per layer; red bars are "
+            parts.append(_fig(root, step, "layer_correlations", f"World `{w}`: mean within-run τ per layer; red bars are "
                               "straggler layers (and their summed sharpness)."))
-            parts.append(_fig(step, "layer_alpha_heatmap", f"World `{w}`: layer-wise sharpness, layer × α, per run."))
+            parts.append(_fig(root, step, "layer_alpha_heatmap", f"World `{w}`: layer-wise sharpness, layer × α, per run."))
     return "".join(parts)
 
 
-def f4_fragment(claims: pd.DataFrame | None) -> str:
+def f4_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
+    root = _as_root(results)
     parts = []
     for w in WORLDS:
         parts.append(f"## World `{w}`\n\n")
-        st = _read(f"{w}-stragglers", "stragglers")
+        st = _read(root, f"{w}-stragglers", "stragglers")
         if st is not None:
             lst = "; ".join(f"`{r}`: {', '.join(g['layer'])}" for r, g in st.groupby("run", sort=False))
             parts.append(f"Straggler layers (top {int(st['rank'].max())} by {st['by'].iloc[0]}): {lst}.\n\n")
-        parts.append(_fig(f"{w}-stragglers", "layer_barriers", f"World `{w}`: barrier and OOD drop of each single-layer path."))
-        parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w)}.\n\n" + _evidence(w, ("F4",)))
-        if (_root() / f"{w}-sparsity" / "manifest.json").is_file() and _read(f"{w}-sparsity", "summary") is None:
+        parts.append(_fig(root, f"{w}-stragglers", "layer_barriers", f"World `{w}`: barrier and OOD drop of each single-layer path."))
+        parts.append(f"Verdict on F4: {_verdict(claims, 'F4', w, root)}.\n\n" + _evidence(w, ("F4",), root))
+        if (root / f"{w}-sparsity" / "manifest.json").is_file() and _read(root, f"{w}-sparsity", "summary") is None:
             parts.append("No run of this world is in the failure mode, so the sparsity step had nothing to rescue.\n\n")
             continue
-        fp = _read(f"{w}-sparsity", "f4_parts")
+        fp = _read(root, f"{w}-sparsity", "f4_parts")
         if fp is not None and "run" in fp:
             parts.append("Per failure-mode run and sparsity level p: OOD gain over the unmodified θ_zs with the "
                          "stragglers or the control layers sparsified, and whether the run is rescued:\n\n" + _table(fp) + "\n")
-        parts.append(_fig(f"{w}-sparsity", "ood_vs_alpha", f"World `{w}`: mean OOD accuracy along α before (black) and "
+        parts.append(_fig(root, f"{w}-sparsity", "ood_vs_alpha", f"World `{w}`: mean OOD accuracy along α before (black) and "
                           "after zeroing a fraction p of the straggler layers' weights or of a matched control set."))
-        sh = _read(f"{w}-sparsity", "sharpness")
+        sh = _read(root, f"{w}-sparsity", "sharpness")
         if sh is not None:
             t = sh.pivot_table(index=["run", "layer", "adaptive"], columns="sparse", values="value").reset_index()
             t.columns = [str(c) if not isinstance(c, bool) else ("sparse" if c else "dense") for c in t.columns]
@@ -225,10 +306,9 @@ def f4_fragment(claims: pd.DataFrame | None) -> str:
     return "".join(parts)
 
 
-def worlds_fragment() -> str:
+def worlds_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
     """Per world: pretraining cost and zero-shot accuracy per split, from the shipped manifests."""
-    import json
-
+    root = _as_root(results)
     cols: dict[str, dict[str, str]] = {}
     notes = []
     for w in WORLDS:
@@ -253,13 +333,15 @@ def worlds_fragment() -> str:
                      "at the time, so read them as upper bounds):\n\n" + _table(t) + "\n")
     parts += notes
     for w in WORLDS:
-        parts.append(_fig(f"{w}-zeroshot", "pretrain_history", f"World `{w}`: contrastive loss and zero-shot accuracy during pretraining."))
+        parts.append(_fig(root, f"{w}-zeroshot", "pretrain_history", f"World `{w}`: contrastive loss and zero-shot accuracy during pretraining."))
     return "".join(parts)
 
 
-def intro_fragment(claims: pd.DataFrame | None) -> str:
-    """The one figure of the introduction, and the verdicts in one line per world."""
-    out = [_fig("fashion-interpolate", "id_ood_plane", "The question in one picture (world `fashion`): each line is one "
+def intro_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
+    """Which results the book was built from, the one figure of the introduction, and the verdicts
+    in one line per world."""
+    root = _as_root(results)
+    out = [f"*{built_from(root)}*\n\n", _fig(root, "fashion-interpolate", "id_ood_plane", "The question in one picture (world `fashion`): each line is one "
                 "fine-tuning run, traced from the zero-shot model (α = 0) to the fine-tuned model (α = 1). Paths that "
                 "bulge above their endpoints gain OOD accuracy by interpolating; paths that only fall are in the "
                 "failure mode. Which property of the models tells them apart?")]
@@ -284,23 +366,25 @@ def _budget_sentence(t: pd.DataFrame, budget_min: float = 15.0) -> str:
             f"on a 2-core CPU; the costliest steps were {top}.")
 
 
-def reproduce_fragment() -> str:
-    """Measured cost of each pipeline step, of pretraining, and the prefix-caching benchmark."""
-    import json
-
-    parts = []
-    t = _read("pipeline", "timings")
+def reproduce_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
+    """Which results the book was built from, the measured cost of each pipeline step and of
+    pretraining, and the benchmarks (all from the results root but pretraining, read from the
+    shipped worlds)."""
+    root = _as_root(results)
+    timings = f"`{_rel(root)}/{PIPELINE_DIR}/timings.csv`"
+    parts = [f"*{built_from(root)}*\n\n"]
+    t = _read(root, PIPELINE_DIR, "timings")
     if t is not None and len(t):
         t = t.copy()
         t["minutes"] = (t["seconds"] / 60).round(2)
         total = t["seconds"].sum() / 60
         parts.append("Wall time of each step of the last full pipeline run on this project's machine (2 CPU cores, "
                      "shared with other jobs during part of the run, so read the times as upper bounds; "
-                     f"`book/results/pipeline/timings.csv`); {total:.1f} minutes in all, plus the book build. "
+                     f"{timings}); {total:.1f} minutes in all, plus the book build. "
                      + _budget_sentence(t) + "\n\n"
                      + _table(t[["step", "minutes"]], 2) + "\n")
     else:
-        parts.append("*No pipeline timings yet (`book/results/pipeline/timings.csv`).*\n\n")
+        parts.append(f"*No pipeline timings yet ({timings}).*\n\n")
     rows = []
     for w in WORLDS:
         p = repo_root() / "worlds" / w / "manifest.json"
@@ -311,7 +395,7 @@ def reproduce_fragment() -> str:
         parts.append("Re-creating a world's zero-shot checkpoint from scratch (`recreate=true`; not part of the default "
                      "run, which uses the shipped checkpoints) took, measured while pretraining here:\n\n"
                      + _table(pd.DataFrame(rows), 1) + "\n")
-    b = repo_root() / "book" / "results" / "benchmarks" / "prefix.json"
+    b = root / "benchmarks" / "prefix.json"
     if b.is_file():
         data = json.loads(b.read_text())
         res = pd.DataFrame(data.get("results", []))
@@ -320,7 +404,7 @@ def reproduce_fragment() -> str:
         if len(res) and keep:
             parts.append("Prefix caching for layer-wise sharpness (`benchmarks/bench_prefix.py`, a sweep over every "
                          "block measured side by side in one run; seconds and speed-up ratios):\n\n" + _table(res[keep], 2) + "\n")
-    parts.append(path_benchmark_fragment(repo_root() / "book" / "results" / "benchmarks" / "path.json"))
+    parts.append(path_benchmark_fragment(root / "benchmarks" / "path.json"))
     return "".join(parts)
 
 
@@ -335,8 +419,6 @@ def path_benchmark_fragment(path: Path) -> str:
         >>> "| sweep_vs_forward | 1.03 | ≥ 0.9 | met | fp32 |" in path_benchmark_fragment(p)
         True
     """
-    import json
-
     if not path.is_file():
         return "*No whole-path benchmark yet (`benchmarks/bench_path.py`).*\n\n"
     data = json.loads(path.read_text())
@@ -352,14 +434,27 @@ def path_benchmark_fragment(path: Path) -> str:
             "| ratio | value | goal | status | note |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
-def render_pages(out: str | Path = GENERATED) -> list[Path]:
-    """Write every fragment; returns their paths."""
+def _as_root(results: str | os.PathLike) -> Path:
+    """A results root as an absolute path (relative ones start at the repository root)."""
+    p = Path(results)
+    return Path(os.path.abspath(p if p.is_absolute() else repo_root() / p))
+
+
+def render_pages(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, out: str | Path = GENERATED) -> list[Path]:
+    """Write every fragment, rendered from the results root ``results`` (checked by
+    :func:`results_folder`: inside the repository, existing); returns their paths.
+
+    Raises:
+        ParameterError: ``results`` outside the repository or missing.
+    """
+    root = results_folder(results)
     folder = repo_root() / out
-    claims = read_claims(missing_ok=True)
+    claims = read_claims(root, missing_ok=True)
     claims = None if claims is None or claims.empty else claims
-    frags = {"claims_table.md": claims_fragment(claims, read_power(_root())), "p1.md": p1_fragment(claims),
-             "f1.md": sharpness_fragment(claims, "f1"), "f2_f3.md": sharpness_fragment(claims, "f2"),
-             "f4.md": f4_fragment(claims), "worlds.md": worlds_fragment(), "intro.md": intro_fragment(claims), "reproduce.md": reproduce_fragment()}
+    frags = {"claims_table.md": claims_fragment(claims, read_power(root)), "p1.md": p1_fragment(claims, root),
+             "f1.md": sharpness_fragment(claims, "f1", root), "f2_f3.md": sharpness_fragment(claims, "f2", root),
+             "f4.md": f4_fragment(claims, root), "worlds.md": worlds_fragment(root),
+             "intro.md": intro_fragment(claims, root), "reproduce.md": reproduce_fragment(root)}
     paths = []
     for name, text in frags.items():
         p = folder / name

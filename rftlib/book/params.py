@@ -20,9 +20,12 @@ Parameter files live in ``notebooks/params/<name>.yaml``. Three forms, told apar
   (``"module:function"`` called with the parameters), ``timeout`` (seconds per cell),
   ``description``, ``name``;
 * **pipeline** (a ``steps`` key): ``description``, ``defaults`` (given to every step whose notebook
-  declares that parameter) and ``steps``, a list of one-step mappings, run in order::
+  declares that parameter), ``results_root`` (the folder, inside the repository, that holds the
+  pipeline's step folders ``<results_root>/<step>/`` and its ``pipeline/timings.csv``; default
+  ``book/results``, the book's) and ``steps``, a list of one-step mappings, run in order::
 
     description: Quick run of the whole study on one world
+    results_root: book/results-quick
     defaults:
       seed: 0
     steps:
@@ -32,8 +35,13 @@ Parameter files live in ``notebooks/params/<name>.yaml``. Three forms, told apar
       - name: finetune
         notebook: notebooks/finetune.ipynb
         parameters: {epochs: 1}
-        inputs: {theta_zs: book/results/pretrain/theta_zs.safetensors}
+        inputs: {theta_zs: book/results-quick/pretrain/theta_zs.safetensors}
         validate: mypackage.checks:check_finetune
+
+A study step's results folders left empty (``interpolate_dir``, ``stragglers_dir``, ...: the
+``<step>_dir`` fields of its parameter class) are resolved against the pipeline's results root,
+``<results_root>/<world>-<step>`` (:meth:`ParamFile.parameters_for`); its own results folder is
+``<results_root>/<step name>`` (:mod:`rftlib.book.pipeline`).
 
 Values are YAML 1.2 scalars: ``1e-3`` is a float and only ``true``/``false`` are booleans.
 
@@ -51,7 +59,7 @@ import importlib
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
@@ -63,6 +71,8 @@ if TYPE_CHECKING:
     from rftlib.steps.parameters import StepParams
 
 PARAMS_DIR = Path("notebooks") / "params"
+#: The book's results root: where a pipeline without ``results_root`` writes its step folders.
+DEFAULT_RESULTS_ROOT = "book/results"
 
 # ---------------------------------------------------------------------------------------------
 # YAML with YAML 1.2 scalars (PyYAML follows 1.1: "1e-3" is a string there and "no" is False)
@@ -266,6 +276,68 @@ def _checked(notebook: Path, params: Mapping[str, Any]) -> tuple[dict[str, Any],
     return {k: full[k] for k in [*params, *sorted(resolved)]}, full
 
 
+def resolved_dirs(cls: type[StepParams], params: Mapping[str, Any], root: str = DEFAULT_RESULTS_ROOT,
+                  skip: Sequence[str] = ("out_dir",)) -> dict[str, str]:
+    """The results folders that a step's parameter class fills in for the ``*_dir`` fields left
+    empty in ``params`` (but ``skip``), under the results root ``root``: the class's own rule
+    (``book/results/<world>-<step>``, :class:`rftlib.steps.parameters.StepParams`) with its root
+    replaced by ``root``.
+
+    Example:
+        >>> from rftlib.steps import STEPS
+        >>> resolved_dirs(STEPS["sparsity"], {"world": "digits"}, "book/results-quick")
+        {'interpolate_dir': 'book/results-quick/digits-interpolate', 'stragglers_dir': 'book/results-quick/digits-stragglers'}
+        >>> resolved_dirs(STEPS["sparsity"], {"world": "digits", "interpolate_dir": "x"}, "r")
+        {'stragglers_dir': 'r/digits-stragglers'}
+    """
+    defaults = cls.defaults()
+    empty = [k for k, v in defaults.items()
+             if k.endswith("_dir") and v == "" and k not in params and k not in skip]
+    if not empty:
+        return {}
+    probe = object.__new__(cls)  # the class's rule on the defaults and the given world, unchecked
+    for k, v in defaults.items():
+        object.__setattr__(probe, k, params.get(k, v) if k == "world" else v)
+    probe._resolve_dirs()
+    out = {}
+    for k in empty:
+        value = PurePosixPath(str(getattr(probe, k)))
+        base = PurePosixPath(DEFAULT_RESULTS_ROOT)
+        out[k] = str(PurePosixPath(root) / value.relative_to(base)) if value.is_relative_to(base) else str(value)
+    return out
+
+
+def check_results_root(value: Any, what: str = "results_root") -> str:
+    """A results root as a repository-relative POSIX path, once sure it is a folder inside the
+    repository (relative paths start at the repository root; the book serves its figures from the
+    project, so a root elsewhere could not be shown).
+
+    Raises:
+        ParameterError: not a path string, outside the repository, or the repository itself.
+
+    Example:
+        >>> check_results_root("book/results-quick/"), check_results_root("book/results")
+        ('book/results-quick', 'book/results')
+        >>> check_results_root("../elsewhere")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: results_root='../elsewhere' lies outside the repository; ...
+    """
+    example = "e.g. book/results-quick"
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ParameterError(f"{what}={value!r} is not a folder path; allowed: a folder inside the repository ({example})")
+    root = repo_root()
+    p = Path(value)
+    full = Path(os.path.normpath(p if p.is_absolute() else root / p))
+    if full == root:
+        raise ParameterError(f"{what}={str(value)!r} is the repository itself; allowed: a folder inside it ({example})")
+    if root not in full.parents:
+        raise ParameterError(
+            f"{what}={str(value)!r} lies outside the repository; allowed: a folder inside it ({example}), "
+            "as the book serves its figures from the project")
+    return full.relative_to(root).as_posix()
+
+
 def validate_params(
     notebook: str | os.PathLike,
     params: Mapping[str, Any],
@@ -309,7 +381,7 @@ def validate_params(
 
 
 STEP_KEYS = frozenset({"name", "notebook", "parameters", "inputs", "validate", "timeout", "description"})
-PIPELINE_KEYS = frozenset({"description", "defaults", "steps"})
+PIPELINE_KEYS = frozenset({"description", "defaults", "results_root", "steps"})
 
 
 @dataclass
@@ -327,13 +399,15 @@ class Step:
 
 @dataclass
 class ParamFile:
-    """A loaded parameter file: its steps (one for flat and one-step files) and pipeline defaults."""
+    """A loaded parameter file: its steps (one for flat and one-step files), pipeline defaults and
+    the results root its steps write into (repository-relative, as :func:`check_results_root` gives it)."""
 
     path: Path
     steps: list[Step]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     is_pipeline: bool = False
+    results_root: str = DEFAULT_RESULTS_ROOT
 
     @property
     def name(self) -> str:
@@ -375,11 +449,25 @@ class ParamFile:
         )
 
     def parameters_for(self, step: Step, specs: Mapping[str, ParamSpec] | None = None) -> dict[str, Any]:
-        """The step's parameters over the pipeline defaults that its notebook declares."""
+        """The step's parameters over the pipeline defaults that its notebook declares, with the
+        results folders it leaves empty resolved against :attr:`results_root` (see :meth:`root_dirs`)."""
         if specs is None:
             specs = notebook_parameters(step.notebook) if step.notebook else {}
         defaults = {k: v for k, v in self.defaults.items() if k in specs}
-        return {**defaults, **step.parameters}
+        given = {**defaults, **step.parameters}
+        return {**given, **self.root_dirs(step, given)}
+
+    def root_dirs(self, step: Step, given: Mapping[str, Any]) -> dict[str, str]:
+        """The upstream results folders (``<step>_dir`` fields but ``out_dir``, which the pipeline
+        sets) that a study step of a pipeline leaves empty, under :attr:`results_root`.
+
+        Empty under the default root, where the step's parameter class resolves them to the same
+        folders itself: its parameters, cache keys and executed notebooks stay as they were.
+        """
+        if not self.is_pipeline or self.results_root == DEFAULT_RESULTS_ROOT or not step.notebook:
+            return {}
+        cls = step_class(step.notebook)
+        return resolved_dirs(cls, given, self.results_root) if cls is not None else {}
 
 
 def _same_notebook(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -512,6 +600,7 @@ def load_param_file(name: str | os.PathLike, params_dir: str | os.PathLike | Non
         return ParamFile(
             path=path, steps=steps, defaults=_as_mapping(data.get("defaults"), f"{where}: 'defaults'"),
             description=str(data.get("description") or ""), is_pipeline=True,
+            results_root=check_results_root(data.get("results_root", DEFAULT_RESULTS_ROOT), f"{where}: results_root"),
         )
     if "parameters" in data:
         return ParamFile(path=path, steps=[_step_from(data, where, default_name=path.stem)],
@@ -520,10 +609,12 @@ def load_param_file(name: str | os.PathLike, params_dir: str | os.PathLike | Non
 
 
 __all__ = [
+    "DEFAULT_RESULTS_ROOT",
     "ParamFile",
     "ParamSpec",
     "Step",
     "apply_overrides",
+    "check_results_root",
     "find_param_file",
     "format_parameters",
     "load_check",
@@ -531,6 +622,7 @@ __all__ = [
     "notebook_parameters",
     "parse_override",
     "resolve_path",
+    "resolved_dirs",
     "step_class",
     "validate_params",
     "yaml_load",

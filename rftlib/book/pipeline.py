@@ -1,4 +1,4 @@
-"""Run a pipeline: the notebook steps of a parameter file, each into ``book/results/<step>/``.
+"""Run a pipeline: the notebook steps of a parameter file, each into ``<results root>/<step>/``.
 
 A pipeline file (``notebooks/params/<name>.yaml`` with a ``steps`` list; format in
 :mod:`rftlib.book.params`) names each step's notebook and parameters. :func:`run_pipeline` validates
@@ -7,12 +7,18 @@ A pipeline file (``notebooks/params/<name>.yaml`` with a ``steps`` list; format 
 (``jobs``, each kernel with its own threads; graph and policy in :mod:`rftlib.book.schedule`), a
 step once the steps it depends on succeeded. A failed step stops the steps that depend on it, not the
 others; the run then raises (the final table says which failed). While steps run, their progress is
-relayed to the terminal (:mod:`rftlib.book.relay`). The timings go to
-``book/results/pipeline/timings.csv`` (columns ``step, seconds, cached``; for a cached step,
+relayed to the terminal (:mod:`rftlib.book.relay`).
+
+The results root is the file's ``results_root`` (default ``book/results``, the book's): it holds
+every step's folder, the upstream folders its steps leave empty (``<root>/<world>-<step>``, see
+:meth:`rftlib.book.params.ParamFile.parameters_for`) and the pipeline's own folder
+``<root>/pipeline/``, so a pipeline with its own root never touches another's results. The timings
+go to ``<root>/pipeline/timings.csv`` (columns ``step, seconds, cached``; for a cached step,
 ``seconds`` is the execution time of the run that made its results, so the table tells what a full
 reproduction costs), and the policy (jobs, threads per kernel, load at the start) into each run
-step's manifest (key ``execution``) and the pipeline's. The executed notebook of step ``S`` is
-``book/results/S/<notebook name>.ipynb``.
+step's manifest (key ``execution``) and the pipeline's (``<root>/pipeline/manifest.json``, whose
+``parameters.pipeline`` names the pipeline: the book says which one it was built from). The executed
+notebook of step ``S`` is ``<root>/S/<notebook name>.ipynb``.
 
 Example:
     >>> import tempfile, pathlib
@@ -25,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import shutil
@@ -37,12 +44,12 @@ import pandas as pd
 
 from rftlib.errors import ParameterError
 from rftlib.files.io import atomic_write_csv
-from rftlib.files.manifest import build_manifest, read_manifest, repo_root, write_manifest
+from rftlib.files.manifest import build_manifest, portable_path, read_manifest, repo_root, write_manifest
 from rftlib.progress import PROGRESS_FILE_ENV
 from rftlib.book import runner
 from rftlib.book.params import ParamFile, Step, load_param_file, notebook_parameters, resolve_path, validate_params
 from rftlib.book.relay import Relay, timing_table
-from rftlib.book.runner import DEFAULT_TIMEOUT, RESULTS_DIR, NotebookExecutionError, RunResult, run_notebook
+from rftlib.book.runner import DEFAULT_TIMEOUT, NotebookExecutionError, RunResult, run_notebook
 from rftlib.book.schedule import Policy, critical_path, kernel_env, restrict, run_graph, step_graph, thread_policy
 
 PIPELINE_DIR = "pipeline"
@@ -73,6 +80,20 @@ def select_steps(
     return list(pipeline.steps)
 
 
+def step_folder(results_dir: Path, step: Step) -> str:
+    """A step's results folder as ``rft pipeline --list`` shows it: repository-relative inside the
+    repository, else absolute.
+
+    Example:
+        >>> pf, root = rooted(load_param_file("quick"))
+        >>> step_folder(root, pf.steps[0])
+        'book/results-quick/fashion-zeroshot'
+    """
+    folder = _step_out_dir(results_dir, step)
+    shown = portable_path(folder)
+    return folder.as_posix() if shown.startswith("<external>") else shown
+
+
 def _step_out_dir(results_dir: Path, step: Step) -> Path:
     """The step's results folder: its ``out_dir`` parameter if given, else under the results root."""
     given = step.parameters.get(runner.OUT_DIR_PARAM)
@@ -80,6 +101,22 @@ def _step_out_dir(results_dir: Path, step: Step) -> Path:
         return Path(given) if Path(given).is_absolute() else repo_root() / given
     folder = getattr(runner, "step_out_dir", None)  # the runner's rule, where it has one
     return Path(folder(results_dir, step.name)) if folder is not None else results_dir / step.name
+
+
+def rooted(pf: ParamFile, results_dir: str | os.PathLike | None = None) -> tuple[ParamFile, Path]:
+    """The pipeline with its results root (``results_dir`` if given, else its own), and that root
+    as an absolute path.
+
+    Example:
+        >>> pf, root = rooted(load_param_file("quick"))
+        >>> pf.results_root, root.relative_to(repo_root()).as_posix()
+        ('book/results-quick', 'book/results-quick')
+    """
+    if results_dir is None:
+        return pf, Path(os.path.abspath(repo_root() / pf.results_root))
+    root = Path(os.path.abspath(results_dir))
+    given = portable_path(root)
+    return dataclasses.replace(pf, results_root=root.as_posix() if given.startswith("<external>") else given), root
 
 
 def validate_pipeline(pipeline: ParamFile, steps: Sequence[Step] | None = None) -> dict[str, dict[str, Any]]:
@@ -147,10 +184,10 @@ def pipeline_graph(pf: ParamFile, results_dir: str | os.PathLike | None = None,
         >>> g["fashion-sparsity"], g["digits-zeroshot"]
         (('fashion-interpolate', 'fashion-stragglers'), ())
     """
-    results = Path(results_dir) if results_dir is not None else repo_root() / RESULTS_DIR
+    pf, results = rooted(pf, results_dir)
     params = {s.name: _effective_params(pf, s, validated or {}) for s in pf.steps}
     outputs = {s.name: _step_out_dir(results, s) for s in pf.steps}
-    return step_graph(pf.step_names(), params, outputs, {s.name: s.inputs for s in pf.steps})
+    return step_graph(pf.step_names(), params, outputs, {s.name: s.inputs for s in pf.steps}, results)
 
 
 def _recorded_times(path: Path) -> dict[str, float]:
@@ -198,7 +235,8 @@ def run_pipeline(
         pipeline: a loaded :class:`~rftlib.book.params.ParamFile`, or a parameter file name or path.
         only: run only these steps. from_step: run this step and the ones after it.
         force: rerun steps even when cached.
-        results_dir: where step folders go (default ``book/results``).
+        results_dir: where step folders go (default: the pipeline's ``results_root``); the folders
+            its steps leave empty are resolved against it too.
         kernel_name: the Jupyter kernel.
         timeout: seconds per cell, for steps whose file sets no ``timeout`` (default 3600).
         echo: where progress lines go (default: standard error, live lines on a terminal).
@@ -215,8 +253,7 @@ def run_pipeline(
         rftlib.book.runner.NotebookExecutionError: a step failed (the others ran; timings are kept);
             :class:`StepsFailed` when several did or steps were left out for it.
     """
-    pf = pipeline if isinstance(pipeline, ParamFile) else load_param_file(pipeline)
-    results = Path(results_dir) if results_dir is not None else repo_root() / RESULTS_DIR
+    pf, results = rooted(pipeline if isinstance(pipeline, ParamFile) else load_param_file(pipeline), results_dir)
     steps = select_steps(pf, only, from_step)
     params = validate_pipeline(pf, steps)
     policy = thread_policy(jobs, threads)
@@ -233,7 +270,7 @@ def run_pipeline(
     run_one = _step_runner(steps, params, results, policy, relay, recorded, progress_dir, manifest,
                            kernel_name=kernel_name, timeout=timeout, force=force)
     t_all = time.perf_counter()
-    relay.say(f"pipeline {pf.name}: {len(steps)} step(s), up to {policy.jobs} side by side, "
+    relay.say(f"pipeline {pf.name}: {len(steps)} step(s) into {pf.results_root}, up to {policy.jobs} side by side, "
               f"{policy.threads} thread(s) each ({policy.cpu_count} cores, load {policy.load:.1f})")
     try:
         with relay:
@@ -323,4 +360,5 @@ def _summary(relay: Relay, pf: ParamFile, steps: Sequence[Step], done: Mapping[s
     relay.say(f"pipeline {pf.name}: {len(done)} step(s), {ran} run, {len(done) - ran} cached{tail}, {seconds:.1f} s")
 
 
-__all__ = ["TIMING_COLUMNS", "StepsFailed", "pipeline_graph", "run_pipeline", "select_steps", "validate_pipeline"]
+__all__ = ["TIMING_COLUMNS", "StepsFailed", "pipeline_graph", "rooted", "run_pipeline", "select_steps",
+           "step_folder", "validate_pipeline"]

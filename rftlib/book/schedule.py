@@ -4,7 +4,7 @@
 
 * *explicit*: step ``S`` depends on an earlier step ``T`` when a string parameter of ``S`` (e.g.
   ``interpolate_dir``) or one of its ``inputs`` names ``T``'s results folder or a path inside it
-  (its folder under the pipeline's results root, or ``book/results/<T>``);
+  (its folder, or ``<results root>/<T>``: ``book/results/<T>`` for the book's pipelines);
 * *same world*: steps of one ``world`` parameter share files the graph cannot see (fine-tuned
   weights under ``runs_root``). A step without explicit dependencies depends on the previous step of
   its world (file order). A step with explicit ones depends on them, and on every step of its world
@@ -46,7 +46,8 @@ from typing import Any, Callable, Mapping, Sequence
 from rftlib.errors import ParameterError
 from rftlib.files.manifest import repo_root
 
-#: The default results root of the book (steps named as ``book/results/<step>`` count as that step).
+#: The default results root of the book (a pipeline's steps named as ``<results root>/<step>`` count
+#: as that step; this root where the pipeline names none).
 BOOK_RESULTS = Path("book") / "results"
 #: Variables that set a kernel's compute threads.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RFT_THREADS")
@@ -70,15 +71,20 @@ def _named_paths(params: Mapping[str, Any], inputs: Mapping[str, Any] | None = N
 
 def explicit_dependencies(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
                           outputs: Mapping[str, str | os.PathLike],
-                          inputs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, tuple[str, ...]]:
-    """For each step, the earlier steps whose results folder one of its parameters or inputs names.
+                          inputs: Mapping[str, Mapping[str, Any]] | None = None,
+                          results_root: str | os.PathLike = BOOK_RESULTS) -> dict[str, tuple[str, ...]]:
+    """For each step, the earlier steps whose results folder (``outputs``, or its folder under the
+    pipeline's ``results_root``) one of its parameters or inputs names.
 
     Example:
         >>> explicit_dependencies(["a", "b"], {"a": {}, "b": {"x_dir": "book/results/a/t.csv"}},
         ...                       {"a": "out/a", "b": "out/b"})
         {'a': (), 'b': ('a',)}
+        >>> explicit_dependencies(["a", "b"], {"a": {}, "b": {"x_dir": "book/results/a/t.csv"}},
+        ...                       {"a": "out/a", "b": "out/b"}, results_root="book/results-quick")
+        {'a': (), 'b': ()}
     """
-    folders = {n: {_as_path(outputs[n]), _as_path(BOOK_RESULTS / n)} for n in names}
+    folders = {n: {_as_path(outputs[n]), _as_path(Path(results_root) / n)} for n in names}
     out: dict[str, tuple[str, ...]] = {}
     for i, s in enumerate(names):
         paths = _named_paths(params.get(s, {}), (inputs or {}).get(s))
@@ -89,7 +95,8 @@ def explicit_dependencies(names: Sequence[str], params: Mapping[str, Mapping[str
 
 def step_graph(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
                outputs: Mapping[str, str | os.PathLike],
-               inputs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, tuple[str, ...]]:
+               inputs: Mapping[str, Mapping[str, Any]] | None = None,
+               results_root: str | os.PathLike = BOOK_RESULTS) -> dict[str, tuple[str, ...]]:
     """The direct dependencies of each step (rules in the module docstring), in file order.
 
     Args:
@@ -97,8 +104,9 @@ def step_graph(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
         params: each step's effective parameters (notebook defaults, pipeline defaults, its own).
         outputs: each step's results folder.
         inputs: each step's named input files (``inputs:`` of the pipeline file).
+        results_root: the pipeline's results root (relative: from the repository root).
     """
-    explicit = explicit_dependencies(names, params, outputs, inputs)
+    explicit = explicit_dependencies(names, params, outputs, inputs, results_root)
     world = {n: params.get(n, {}).get("world") for n in names}
     deps: dict[str, tuple[str, ...]] = {}
     for i, s in enumerate(names):
