@@ -52,23 +52,27 @@ def _echo(msg: str) -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from rftlib.book.params import apply_overrides, load_param_file, resolve_path
+    from rftlib.book.pipeline import rooted, step_results_dir
     from rftlib.book.runner import DEFAULT_TIMEOUT, check_timeout, run_notebook
 
     timeout = check_timeout(a.timeout)
     nb = resolve_path(a.notebook, kind="notebook")
     params: dict = {}
     name, inputs, check = None, {}, None
+    out = a.out
     if a.params:
-        pf = load_param_file(a.params)
+        pf, root = rooted(load_param_file(a.params))
         step = pf.step_for(nb, a.step)
         params = pf.parameters_for(step)
         name = step.name if pf.is_pipeline else None
+        if out is None and pf.is_pipeline:  # a pipeline's step writes under that pipeline's results root
+            out = step_results_dir(root, step)
         inputs, check = step.inputs, step.validate
         timeout = timeout or check_timeout(step.timeout, where=f"{a.params}: step {step.name}: 'timeout'")
     elif a.step:
         raise ParameterError("--step needs --params NAME (the step of a pipeline file)")
     params = apply_overrides(params, a.set or [])
-    r = run_notebook(nb, params, a.out, kernel_name=a.kernel, timeout=timeout or DEFAULT_TIMEOUT, force=a.force,
+    r = run_notebook(nb, params, out, kernel_name=a.kernel, timeout=timeout or DEFAULT_TIMEOUT, force=a.force,
                      inputs=inputs, extra_checks=check, name=name, log=_echo)
     print(r.notebook)
     return EXIT_OK

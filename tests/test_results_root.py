@@ -229,3 +229,15 @@ def test_render_pages_refuses_a_root_outside_the_repository(tmp_path):
     with pytest.raises(ParameterError, match="outside the repository"):
         pages.render_pages(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_rft_run_of_a_pipeline_step_writes_under_that_pipelines_root(checkout, monkeypatch):
+    """``rft run NB --params quick`` runs quick's step into quick's root, not ``book/results``."""
+    from rftlib.book import runner
+
+    calls: list[dict] = []
+    monkeypatch.setattr(runner, "run_notebook", _fake_runner(calls))
+    before = _snapshot(checkout / "book" / "results")
+    assert cli.main(["run", "notebooks/zeroshot.ipynb", "--params", "quick", "--step", "fashion-zeroshot"]) == 0
+    assert calls[0]["out_dir"] == checkout / "book" / "results-quick" / "fashion-zeroshot"
+    assert _snapshot(checkout / "book" / "results") == before

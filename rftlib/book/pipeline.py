@@ -89,18 +89,17 @@ def step_folder(results_dir: Path, step: Step) -> str:
         >>> step_folder(root, pf.steps[0])
         'book/results-quick/fashion-zeroshot'
     """
-    folder = _step_out_dir(results_dir, step)
+    folder = step_results_dir(results_dir, step)
     shown = portable_path(folder)
     return folder.as_posix() if shown.startswith("<external>") else shown
 
 
-def _step_out_dir(results_dir: Path, step: Step) -> Path:
+def step_results_dir(results_dir: Path, step: Step) -> Path:
     """The step's results folder: its ``out_dir`` parameter if given, else under the results root."""
     given = step.parameters.get(runner.OUT_DIR_PARAM)
     if isinstance(given, str) and given:
         return Path(given) if Path(given).is_absolute() else repo_root() / given
-    folder = getattr(runner, "step_out_dir", None)  # the runner's rule, where it has one
-    return Path(folder(results_dir, step.name)) if folder is not None else results_dir / step.name
+    return Path(runner.step_out_dir(results_dir, step.name))
 
 
 def rooted(pf: ParamFile, results_dir: str | os.PathLike | None = None) -> tuple[ParamFile, Path]:
@@ -186,7 +185,7 @@ def pipeline_graph(pf: ParamFile, results_dir: str | os.PathLike | None = None,
     """
     pf, results = rooted(pf, results_dir)
     params = {s.name: _effective_params(pf, s, validated or {}) for s in pf.steps}
-    outputs = {s.name: _step_out_dir(results, s) for s in pf.steps}
+    outputs = {s.name: step_results_dir(results, s) for s in pf.steps}
     return step_graph(pf.step_names(), params, outputs, {s.name: s.inputs for s in pf.steps}, results)
 
 
@@ -308,7 +307,7 @@ def _step_runner(steps: Sequence[Step], params: Mapping[str, dict[str, Any]], re
         relay.start(name, progress, recorded.get(name))
         try:
             with manifest.step(name):
-                r = _run_step(step, params[name], _step_out_dir(results, step), env, kernel_name=kernel_name,
+                r = _run_step(step, params[name], step_results_dir(results, step), env, kernel_name=kernel_name,
                               timeout=step.timeout or timeout or DEFAULT_TIMEOUT, force=force)
         except Exception as e:
             relay.say(f"{prefix}: FAILED: {e}")
