@@ -123,10 +123,14 @@ def cmd_mathjax(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def book_command(strict: bool = True, builder: str = "html", path_output: str | None = None) -> list[str]:
-    """The ``jupyter-book build`` command line for the book at the repository root."""
+def book_command(strict: bool = True, builder: str = "html", path_output: str | None = None,
+                 toc: Path | None = None) -> list[str]:
+    """The ``jupyter-book build`` command line for the book at the repository root (``toc``: another
+    table of contents than ``_toc.yml``)."""
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", ".", "--builder", builder]
+    if toc is not None:
+        cmd += ["--toc", str(toc)]
     if path_output:
         cmd += ["--path-output", path_output]
     if strict:
@@ -135,7 +139,7 @@ def book_command(strict: bool = True, builder: str = "html", path_output: str | 
 
 
 def cmd_book(a: argparse.Namespace) -> int:
-    from rftlib.book.pages import render_pages, results_folder
+    from rftlib.book.pages import render_pages, results_folder, toc_for
     from rftlib.files.manifest import repo_root
 
     root = repo_root()
@@ -143,7 +147,7 @@ def cmd_book(a: argparse.Namespace) -> int:
     if a.builder == "html":
         fetch_mathjax()
     render_pages(a.results)
-    cmd = book_command(a.strict, a.builder, a.path_output)
+    cmd = book_command(a.strict, a.builder, a.path_output, toc=toc_for(a.results))
     _echo("$ " + " ".join(cmd))
     rc = subprocess.run(cmd, cwd=root).returncode
     if rc != 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from rftlib import cli
 from rftlib.book import pages, pipeline
@@ -36,6 +37,7 @@ def checkout(tmp_path, monkeypatch):
     (root / "book" / "results" / "fashion-interpolate").mkdir(parents=True)
     (root / "pyproject.toml").write_text("")
     (root / "notebooks").symlink_to(REAL / "notebooks")
+    (root / "_toc.yml").symlink_to(REAL / "_toc.yml")
     (root / "book" / "results" / "fashion-interpolate" / "summary.csv").write_text("run\nr1\n")
     monkeypatch.setenv("RFT_REPO_ROOT", str(root))
     return root
@@ -188,6 +190,27 @@ def test_rft_book_renders_from_the_root_it_is_given(checkout, monkeypatch):
     assert cli.main(["book", "--results", "book/results-quick"]) == 0
     assert ran and "Built from the results in `book/results-quick` (pipeline `quick`)." in (
         checkout / "book" / "_generated" / "intro.md").read_text()
+    toc = ran[0][ran[0].index("--toc") + 1]
+    assert Path(toc) == checkout / "book" / "_generated" / "_toc.yml"
+
+
+def test_the_toc_of_another_root_lists_that_roots_executed_notebooks(checkout):
+    """Methods pages come from the root the book is built from, and what it lacks is left out."""
+    root = _results_root(checkout, "results-quick", "quick")
+    (root / "fashion-interpolate" / "interpolate.ipynb").write_text("{}")
+    assert pages.toc_for("book/results") is None
+    toc = yaml.safe_load(pages.toc_for("book/results-quick").read_text())
+    files = []
+
+    def walk(entries):
+        for e in entries:
+            files.extend([e["file"]] if "file" in e else [])
+            walk(e.get("sections", []) + e.get("chapters", []))
+
+    walk(toc["parts"])
+    executed = [f for f in files if f.startswith("book/results")]
+    assert executed == ["book/results-quick/fashion-interpolate/interpolate"]
+    assert "book/methods/digits" in files and "book/findings/claims" in files  # narrative pages stay
 
 
 def _one_error_line(err: str, *fragments: str) -> None:
