@@ -183,6 +183,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from rftlib.book.compare import compare_roots, format_report
+
+    for what, folder in (("OLD", a.old), ("NEW", a.new)):
+        if not Path(folder).is_dir():
+            raise ParameterError(f"{what}={folder!r} is not a folder; give two results roots (e.g. book/results and "
+                                 "book/results-quick)")
+    if not a.tol >= 0:
+        raise ParameterError(f"--tol={a.tol} must be a number >= 0 (e.g. 1e-6)")
+    diffs = compare_roots(a.old, a.new, a.tol)
+    print(format_report(diffs, a.tol))
+    return EXIT_FAILED if any(d.verdict == "different" for d in diffs) else EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -246,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
     be.set_defaults(func=cmd_bench)
+
+    co = sub.add_parser("compare", help="compare the result tables of two results roots (every number within --tol)")
+    co.add_argument("old", metavar="OLD", help="results root before (e.g. a copy of book/results)")
+    co.add_argument("new", metavar="NEW", help="results root after")
+    co.add_argument("--tol", type=float, default=1e-6, help="largest allowed difference (default 1e-6)")
+    co.set_defaults(func=cmd_compare)
     return p
 
 
