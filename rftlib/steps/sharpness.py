@@ -234,8 +234,10 @@ def claims_f1_f3(table: pd.DataFrame, stragglers: pd.DataFrame | None, world: st
 
 
 def run(p: Params) -> StepResults:
-    """Sharpness of every θ(α) of the grid's runs: tables ``sharpness`` and ``correlations``, claims
-    F1–F3; ``info["stragglers"]`` is the straggler step's table (``None`` when it has not run)."""
+    """Sharpness of every θ(α) of the grid's runs: tables ``sharpness`` and ``correlations`` (the
+    within-run correlations per layer; the verdicts on F1–F3 are the evidence step's,
+    :mod:`rftlib.steps.evidence`); ``info["stragglers"]`` is the straggler step's table (``None`` when
+    it has not run)."""
     w = load_world(p.world)
     runs = [r.name for r in load_grid(p.grid)]
     curves = read_upstream(p.interpolate_dir, "curves", "interpolate", p.world)
@@ -245,6 +247,6 @@ def run(p: Params) -> StepResults:
                             kind=p.kind, norm=p.norm, adaptive=p.adaptive, n_iters=p.n_iters, m=p.m,
                             logit_norm=p.logit_norm, seed=p.seed)
     table = attach_accuracy(sharp, curves, w)
-    claims, corr = claims_f1_f3(table, stragglers, w.name, p.rho_claims, n_boot=p.n_boot, seed=p.seed)
-    return StepResults(w, tables={"sharpness": table, "correlations": corr}, claims=claims,
+    _, corr = claims_f1_f3(table, stragglers, w.name, p.rho_claims, n_boot=p.n_boot, seed=p.seed)
+    return StepResults(w, tables={"sharpness": table, "correlations": corr},
                        info={"stragglers": stragglers, "estimator_seconds": float(sharp["seconds"].sum())})
