@@ -331,8 +331,10 @@ def f3_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
         across = verdict_from_interval(r["ci_low"], r["ci_high"], r["p_value"], expect="any", alpha=a_b)
     else:
         r, across = None, "untestable"
-    v = combine_verdicts([within, across])
     c = comb[best]
+    v = combine_verdicts([within, across])
+    if v == "supported" and r is not None and np.sign(c["mean"]) != np.sign(r["value"]):
+        v = "mixed"  # both parts significant, but of opposite signs (f2-f3.md: "same sign")
     stat = (f"best layer ({best}): mean within-run τ(layer sharpness, OOD acc), Bonferroni ×{len(layers)}; "
             f"same-α part {across}")
     claim = Claim("F3", world, stat, c["mean"], c["ci_low"], c["ci_high"], c["stouffer_p"], v)
@@ -467,17 +469,32 @@ def p1_evidence(world: str, summary: pd.DataFrame, n_boot: int = 2000, seed: int
     return Evidence([claim], pd.DataFrame(power, columns=list(POWER_COLUMNS)), details)
 
 
-def _p1_augment(world: str, s: pd.DataFrame, n_boot: int, seed: int, power: list) -> tuple[dict, str]:
-    if "augment" not in s or "lr" not in s:
-        return _detail("P1", world, "part 3: untestable (no augment/lr columns)", {}, len(s)), "untestable"
+def _aug_differences(s: pd.DataFrame) -> np.ndarray | None:
+    """Per learning rate, mean best OOD accuracy without augmentation minus with it (``None``: one arm only).
+
+    Example:
+        >>> s = pd.DataFrame({"lr": [1, 1, 2], "augment": ["none", "strong", "none"], "acc_ood_best": [0.6, 0.5, 0.7]})
+        >>> _aug_differences(s).round(3).tolist()
+        [0.1]
+    """
     arm = s["augment"].map(_no_aug)
     means = s.assign(arm=arm).groupby(["lr", "arm"])["acc_ood_best"].mean().unstack("arm")
     if True not in means or False not in means:
+        return None
+    return (means[True] - means[False]).dropna().to_numpy(float)
+
+
+def _p1_augment(world: str, s: pd.DataFrame, n_boot: int, seed: int, power: list) -> tuple[dict, str]:
+    if "augment" not in s or "lr" not in s:
+        return _detail("P1", world, "part 3: untestable (no augment/lr columns)", {}, len(s)), "untestable"
+    d = _aug_differences(s)
+    if d is None:
         return _detail("P1", world, "part 3: untestable (runs of one augmentation arm only)", {}, len(s)), "untestable"
-    d = (means[True] - means[False]).dropna().to_numpy(float)
     if d.size == 0:
         return _detail("P1", world, "part 3: untestable (no learning rate with both arms)", {}, len(s)), "untestable"
-    lo, hi = _cluster_mean_ci(d, None, n_boot, seed)
+    boot = [b.mean() for idx in cluster_indices(_clusters(list(s["run"]), s), len(s), n_boot, seed)
+            if (b := _aug_differences(s.iloc[idx])) is not None and b.size]  # runs resampled, by recipe
+    lo, hi = (float(q) for q in np.quantile(boot, [0.025, 0.975])) if len(boot) >= 2 else (math.nan, math.nan)
     v = verdict_from_interval(lo, hi, None, expect="positive") if np.isfinite(lo) else "untestable"
     if v == "not supported" and _absent(lo, hi):
         power.append({"claim": "P1", "world": world, "statistic": "part 3: mean Δ best OOD acc (no aug − aug)",
