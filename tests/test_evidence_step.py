@@ -200,3 +200,16 @@ def test_every_committed_null_verdict_states_its_detectable_effect():
         assert len(rows), (r.claim, r.world, r.verdict)
         # finite wherever the design has the runs to detect anything (F4 on one failure-mode run has none)
         assert (np.isfinite(rows["mde"]) | (rows["n_runs"] < 2)).all(), rows
+
+
+def test_a_parts_detectable_effect_beside_a_mixed_verdict_is_labelled_with_its_statistic():
+    from rftlib.book.claims import claims_matrix_html
+    from rftlib.core.verdicts import Claim
+
+    df = pd.DataFrame([Claim("F1", "w", "T", 0.0, -0.3, 0.3, 0.9, "supported").to_row(),
+                       Claim("P1", "w", "parts", 0.5, -0.1, 1.0, 0.09, "mixed").to_row()])
+    power = pd.DataFrame([{"claim": "F1", "world": "w", "statistic": "T", "mde": 0.4, "n_runs": 6},
+                          {"claim": "P1", "world": "w", "statistic": "part 2: τ", "mde": 0.8, "n_runs": 6}])
+    html = claims_matrix_html(df, ["w"], power)
+    assert "detectable at 80 % power: 0.4</span>" in html  # the verdict's own statistic: no label
+    assert "detectable at 80 % power: 0.8 (part 2: τ)</span>" in html

@@ -250,7 +250,7 @@ def _matrix_cell(r: Any, mdes: Sequence[tuple[str, float]], digits: int) -> str:
         parts.append(f'<span class="rft-stat">{_esc(r.statistic)}</span>')
         parts.append(f'<span class="rft-value">{_esc(val)}</span>')
     for statistic, mde in mdes:  # one per statistic resting on an absence (P1: per part)
-        label = f" ({statistic})" if len(mdes) > 1 else ""
+        label = f" ({statistic})" if len(mdes) > 1 or r.verdict == "mixed" else ""  # a part's, not the verdict's
         parts.append(f'<span class="rft-mde">{_esc(_mde_text(mde) + label)}</span>')
     return f'<td class="verdict {verdict_class(r.verdict)}">' + "<br>".join(parts) + "</td>"
 
@@ -262,7 +262,8 @@ def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, po
     Each cell holds the verdict (its CSS class from :func:`verdict_class`), the statistic, its value
     with interval and p-value, and, for every row ``power`` has for that claim and world (a verdict,
     or for P1 a part, resting on the absence of an effect), the smallest effect detectable at 80 %
-    power (labelled with its statistic when the cell has several). A claim not
+    power (labelled with its statistic when the cell has several, or when it is a part's beside a
+    *mixed* verdict). A claim not
     measured on a world gets an empty ``verdict-none`` cell. The table has id ``claims-table`` and
     class ``rft-claims``.
 
