@@ -11,6 +11,10 @@ Stouffer p-value and sign consistency), then judged with :mod:`rftlib.core.verdi
 - F3 (layer-wise sharpness correlates with OOD accuracy along RFT paths): ``expect="any"`` on the
   best layer, with a Bonferroni-corrected significance level (α / number of layers).
 
+These within-run verdicts are the step's own look at its runs (``claims_f1_f3``, shown in its
+notebook); the verdicts the book reports come from the evidence step (:mod:`rftlib.steps.evidence`),
+which reads this step's ``sharpness`` table and applies the population rules of the findings pages.
+
 Example:
     >>> Params(rhos=[0.005, -1.0], rho_claims=0.01, kind="worse", interpolate_dir="/nonexistent")
     Traceback (most recent call last):
