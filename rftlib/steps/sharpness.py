@@ -11,8 +11,8 @@ Stouffer p-value and sign consistency), then judged with :mod:`rftlib.core.verdi
 - F3 (layer-wise sharpness correlates with OOD accuracy along RFT paths): ``expect="any"`` on the
   best layer, with a Bonferroni-corrected significance level (α / number of layers).
 
-These within-run verdicts are the step's own look at its runs (``claims_f1_f3``, shown in its
-notebook); the verdicts the book reports come from the evidence step (:mod:`rftlib.steps.evidence`),
+These within-run verdicts are the step's own look at its runs (``claims_f1_f3``; its notebook shows the
+``correlations`` table); the verdicts the book reports come from the evidence step (:mod:`rftlib.steps.evidence`),
 which reads this step's ``sharpness`` table and applies the population rules of the findings pages.
 
 Example:
