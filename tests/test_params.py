@@ -23,7 +23,8 @@ BAD = {"world": "mars", "recreate": 1, "epochs": 0, "n_eval": 0, "out_dir": 3, "
        "interpolate_dir": 7, "stragglers_dir": 7, "select": "best", "max_runs": 0, "granularity": "layer",
        "hold": "neither", "rank_by": "sharpness", "k": 0, "controls": "no", "kind": "best", "norm": "l1",
        "adaptive": 0, "rhos": [], "rho_claims": -1.0, "n_examples": 0, "m": 0, "n_iters": 0, "logit_norm": 2,
-       "ps": [1.0], "interventions": ["mask_all"], "sharpness_p": 1.0, "rho": 0.0}
+       "ps": [1.0], "interventions": ["mask_all"], "sharpness_p": 1.0, "rho": 0.0,
+       "sharpness_dir": 7, "sparsity_dir": 7, "n_perm": 0}
 
 
 @pytest.mark.parametrize("stem", list(STEPS))

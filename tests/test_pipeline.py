@@ -40,6 +40,8 @@ def test_graph_of_the_study_pipelines(name):
         # both name the interpolation and straggler folders: they depend on those, not on each other
         for leaf in ("sharpness", "sparsity"):
             assert g[f"{w}-{leaf}"] == (f"{w}-interpolate", f"{w}-stragglers")
+        # the evidence step reads the four tables' folders, so it waits for all four steps
+        assert g[f"{w}-evidence"] == tuple(f"{w}-{s}" for s in ("interpolate", "stragglers", "sharpness", "sparsity"))
     for s in pf.steps:  # worlds are independent
         world = s.parameters["world"]
         assert all(pf.get_step(t).parameters["world"] == world for t in ancestors(g, s.name))

@@ -117,7 +117,7 @@ def test_pipeline_with_its_own_root_never_touches_book_results(checkout, monkeyp
     monkeypatch.setattr(pipeline, "run_notebook", _fake_runner(calls))
     lines: list[str] = []
     done = pipeline.run_pipeline("quick", echo=lines.append, jobs=1, threads=1)
-    assert len(done) == len(calls) == 12
+    assert len(done) == len(calls) == len(load_param_file("quick").steps) == 14
     assert _snapshot(checkout / "book" / "results") == before
     quick = checkout / "book" / "results-quick"
     for c in calls:

@@ -1,6 +1,7 @@
-"""Claim rows on disk: each step writes its own ``claims.csv`` into its own results folder; the
-book's claims table concatenates them (:func:`read_claims` over a results root). No shared mutable
-file, no lock.
+"""Claim rows on disk: the evidence step (:mod:`rftlib.steps.evidence`, one per world) writes each
+world's ``claims.csv`` and ``power.csv`` into its own results folder; the book's claims table
+concatenates them (:func:`read_claims` over a results root), and a (claim, world) key written twice
+is an error. No shared mutable file, no lock.
 
 The decision rules and the :class:`~rftlib.core.verdicts.Claim` row live in
 :mod:`rftlib.core.verdicts`.
@@ -98,8 +99,9 @@ def read_claims(path: str | os.PathLike = "book/results", missing_ok: bool = Fal
             return pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "ci_low", "ci_high", "p_value") else object)
                                  for c in COLUMNS})
         raise FileNotFoundError(
-            f"{p.as_posix()} holds no claims.csv: run the steps that test the claims first (each writes its "
-            "rows into its own results folder with rftlib.book.claims.write_claims)."
+            f"{p.as_posix()} holds no claims.csv: run the evidence step of each world first (rft pipeline "
+            "notebooks/params/default.yaml --only <world>-evidence; it writes the rows into its own results "
+            "folder with rftlib.book.claims.write_claims)."
         )
     parts = [(f, _read_one(f)) for f in files]
     checked = pd.concat([d for _, d in parts], ignore_index=True)
@@ -230,7 +232,13 @@ def verdict_class(verdict: str) -> str:
     return "verdict-" + verdict.replace(" ", "-")
 
 
-def _matrix_cell(r: Any, mde: float | None, digits: int) -> str:
+def _mde_text(mde: float, digits: int = 2) -> str:
+    """The detectable-effect statement of one power row (NaN: the design detects no effect of any size)."""
+    return ("no effect detectable with these runs" if math.isnan(mde)
+            else f"smallest effect detectable at 80 % power: {_fmt(mde, digits)}")
+
+
+def _matrix_cell(r: Any, mdes: Sequence[tuple[str, float]], digits: int) -> str:
     parts = [f'<span class="rft-verdict">{_esc(r.verdict)}</span>']
     if r.verdict == "untestable":
         parts.append(f'<span class="rft-stat">{_esc(str(r.statistic).removeprefix("untestable: "))}</span>')
@@ -241,9 +249,9 @@ def _matrix_cell(r: Any, mde: float | None, digits: int) -> str:
             val += f", p = {_fmt(r.p_value, 2)}"
         parts.append(f'<span class="rft-stat">{_esc(r.statistic)}</span>')
         parts.append(f'<span class="rft-value">{_esc(val)}</span>')
-    if mde is not None:
-        text = "no effect detectable with these runs" if math.isnan(mde) else f"smallest effect detectable at 80 % power: {_fmt(mde, 2)}"
-        parts.append(f'<span class="rft-mde">{_esc(text)}</span>')
+    for statistic, mde in mdes:  # one per statistic resting on an absence (P1: per part)
+        label = f" ({statistic})" if len(mdes) > 1 or r.verdict == "mixed" else ""  # a part's, not the verdict's
+        parts.append(f'<span class="rft-mde">{_esc(_mde_text(mde) + label)}</span>')
     return f'<td class="verdict {verdict_class(r.verdict)}">' + "<br>".join(parts) + "</td>"
 
 
@@ -252,8 +260,10 @@ def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, po
     """The claims matrix as HTML: one row per claim, one column per world.
 
     Each cell holds the verdict (its CSS class from :func:`verdict_class`), the statistic, its value
-    with interval and p-value, and, where ``power`` has a row for that claim and world (a verdict
-    resting on the absence of an effect), the smallest effect detectable at 80 % power. A claim not
+    with interval and p-value, and, for every row ``power`` has for that claim and world (a verdict,
+    or for P1 a part, resting on the absence of an effect), the smallest effect detectable at 80 %
+    power (labelled with its statistic when the cell has several, or when it is a part's beside a
+    *mixed* verdict). A claim not
     measured on a world gets an empty ``verdict-none`` cell. The table has id ``claims-table`` and
     class ``rft-claims``.
 
@@ -271,7 +281,9 @@ def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, po
     if missing:
         raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
     worlds = list(worlds) if worlds is not None else list(dict.fromkeys(df["world"]))
-    mdes = {} if power is None else {(r.claim, r.world): float(r.mde) for r in power.itertuples()}
+    mdes: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for r in ([] if power is None else power.itertuples()):
+        mdes.setdefault((r.claim, r.world), []).append((str(r.statistic), float(r.mde)))
     claims = [c for c in CLAIM_IDS if (df["claim"] == c).any()]
     head = "<tr><th>paper claim</th>" + "".join(f"<th>{_esc(w)}</th>" for w in worlds) + "</tr>"
     rows = []
@@ -280,7 +292,7 @@ def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, po
         for w in worlds:
             sub = df[(df["claim"] == c) & (df["world"] == w)]
             cells.append('<td class="verdict verdict-none">not measured</td>' if sub.empty else
-                         _matrix_cell(sub.iloc[0], mdes.get((c, w)), digits))
+                         _matrix_cell(sub.iloc[0], mdes.get((c, w), []), digits))
         rows.append(f'<tr class="claim-row" data-claim="{_esc(c)}">' + "".join(cells) + "</tr>")
     return (f'<table id="claims-table" class="rft-claims rft-matrix">\n<thead>{head}</thead>\n<tbody>\n'
             + "\n".join(rows) + "\n</tbody>\n</table>")

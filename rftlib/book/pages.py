@@ -153,8 +153,8 @@ def _verdict(claims: pd.DataFrame | None, claim: str, world: str, root: Path | N
     r = r.iloc[0]
     ci = "" if pd.isna(r["ci_low"]) else f", 95 % interval [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
     p = "" if pd.isna(r["p_value"]) else f", p = {_num(r['p_value'])}"
-    if "untestable" in str(r["statistic"]):
-        return f"**{r['verdict']}** — {r['statistic']}"
+    if r["verdict"] == "untestable" or "untestable" in str(r["statistic"]):
+        return f"**{r['verdict']}** — {str(r['statistic']).removeprefix('untestable: ')}"
     return f"**{r['verdict']}** — {r['statistic']} = {_num(r['value'])}{ci}{p}{_power_note(claim, world, root)}"
 
 

@@ -6,14 +6,14 @@ the same object (``p = sharpness.Params.from_globals(globals())``).
 
 Example:
     >>> sorted(STEPS)
-    ['finetune', 'interpolate', 'sharpness', 'sparsity', 'stragglers', 'zeroshot']
+    ['evidence', 'finetune', 'interpolate', 'sharpness', 'sparsity', 'stragglers', 'zeroshot']
     >>> STEPS["sharpness"].defaults()["kind"]
     'worst'
 """
 
 from __future__ import annotations
 
-from rftlib.steps import finetune, interpolate, sharpness, sparsity, stragglers, zeroshot
+from rftlib.steps import evidence, finetune, interpolate, sharpness, sparsity, stragglers, zeroshot
 from rftlib.steps.parameters import StepParams
 
 #: Notebook stem → the parameter class of its step.
@@ -24,6 +24,7 @@ STEPS: dict[str, type[StepParams]] = {
     "stragglers": stragglers.Params,
     "sharpness": sharpness.Params,
     "sparsity": sparsity.Params,
+    "evidence": evidence.Params,
 }
 
 __all__ = ["STEPS", "StepParams"]

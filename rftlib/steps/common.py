@@ -237,7 +237,8 @@ def read_upstream(folder: str | Path, table: str, step: str, world: str) -> pd.D
 @dataclass
 class StepResults:
     """What a step's ``run`` returns: the world, the tables the notebook writes (name → table, in
-    writing order), the step's claim rows, and other facts the notebook shows (``info``)."""
+    writing order), claim rows (only the evidence step, :mod:`rftlib.steps.evidence`, has them: each
+    claim has one writer), and other facts the notebook shows (``info``)."""
 
     world: World
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)

@@ -52,6 +52,10 @@ from rftlib.core.stats import (across_run_test, auroc, cluster_indices, combine_
 from rftlib.core.verdicts import (Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
+from rftlib.steps.common import StepResults
+from rftlib.steps.fields import check_world, repo_path
+from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.worlds.world import load_world
 
 __all__ = [
     "Evidence",
@@ -67,6 +71,10 @@ __all__ = [
     "straggler_stability",
     "study_evidence",
     "synthetic_tables",
+    "Params",
+    "UPSTREAM",
+    "read_inputs",
+    "run",
 ]
 
 #: Fewest runs for an across-run claim (with 4 runs no Kendall τ reaches p < 0.05).
@@ -236,7 +244,7 @@ def f1_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
     r = across_run_test(X, Y, cl, n_boot=n_boot, n_perm=n_perm, seed=seed)
     claim = _tau_claim("F1", world, "whole-model sharpness", r, "none")
     power = [{"claim": "F1", "world": world, "statistic": claim.statistic, "n_runs": len(runs),
-              "mde": mde_across_runs(X, Y, n_perm=n_perm, seed=seed)}] if claim.verdict in ("supported", "not supported") else []
+              "mde": mde_across_runs(X, Y, n_perm=n_perm, seed=seed)}] if claim.verdict == "supported" else []
     det = _secondary("F1", world, "whole-model sharpness", runs, alphas, X, Y, summary, cl, n_boot, seed)
     return Evidence([claim], *_frames(power, det))
 
@@ -323,8 +331,10 @@ def f3_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
         across = verdict_from_interval(r["ci_low"], r["ci_high"], r["p_value"], expect="any", alpha=a_b)
     else:
         r, across = None, "untestable"
-    v = combine_verdicts([within, across])
     c = comb[best]
+    v = combine_verdicts([within, across])
+    if v == "supported" and r is not None and np.sign(c["mean"]) != np.sign(r["value"]):
+        v = "mixed"  # both parts significant, but of opposite signs (f2-f3.md: "same sign")
     stat = (f"best layer ({best}): mean within-run τ(layer sharpness, OOD acc), Bonferroni ×{len(layers)}; "
             f"same-α part {across}")
     claim = Claim("F3", world, stat, c["mean"], c["ci_low"], c["ci_high"], c["stouffer_p"], v)
@@ -389,7 +399,7 @@ def f4_evidence(world: str, summary: pd.DataFrame, f4_parts: pd.DataFrame | None
     _need(summary, ["run", "failure_mode"], "summary")
     if not summary["failure_mode"].astype(bool).any():
         return Evidence([untestable("F4", world, "no run in the failure mode: nothing to rescue")])
-    if f4_parts is None or f4_parts.empty:
+    if f4_parts is None or f4_parts.empty or "gain_stragglers" not in f4_parts.columns:  # the sparsity step's placeholder
         return Evidence([untestable("F4", world, "no sparsity results for the failure-mode runs")])
     _need(f4_parts, ["run", "gain_stragglers", "gain_control", "rescued_stragglers"], "f4_parts")
     d = (f4_parts["gain_stragglers"] - f4_parts["gain_control"]).to_numpy(float)
@@ -459,17 +469,32 @@ def p1_evidence(world: str, summary: pd.DataFrame, n_boot: int = 2000, seed: int
     return Evidence([claim], pd.DataFrame(power, columns=list(POWER_COLUMNS)), details)
 
 
-def _p1_augment(world: str, s: pd.DataFrame, n_boot: int, seed: int, power: list) -> tuple[dict, str]:
-    if "augment" not in s or "lr" not in s:
-        return _detail("P1", world, "part 3: untestable (no augment/lr columns)", {}, len(s)), "untestable"
+def _aug_differences(s: pd.DataFrame) -> np.ndarray | None:
+    """Per learning rate, mean best OOD accuracy without augmentation minus with it (``None``: one arm only).
+
+    Example:
+        >>> s = pd.DataFrame({"lr": [1, 1, 2], "augment": ["none", "strong", "none"], "acc_ood_best": [0.6, 0.5, 0.7]})
+        >>> _aug_differences(s).round(3).tolist()
+        [0.1]
+    """
     arm = s["augment"].map(_no_aug)
     means = s.assign(arm=arm).groupby(["lr", "arm"])["acc_ood_best"].mean().unstack("arm")
     if True not in means or False not in means:
+        return None
+    return (means[True] - means[False]).dropna().to_numpy(float)
+
+
+def _p1_augment(world: str, s: pd.DataFrame, n_boot: int, seed: int, power: list) -> tuple[dict, str]:
+    if "augment" not in s or "lr" not in s:
+        return _detail("P1", world, "part 3: untestable (no augment/lr columns)", {}, len(s)), "untestable"
+    d = _aug_differences(s)
+    if d is None:
         return _detail("P1", world, "part 3: untestable (runs of one augmentation arm only)", {}, len(s)), "untestable"
-    d = (means[True] - means[False]).dropna().to_numpy(float)
     if d.size == 0:
         return _detail("P1", world, "part 3: untestable (no learning rate with both arms)", {}, len(s)), "untestable"
-    lo, hi = _cluster_mean_ci(d, None, n_boot, seed)
+    boot = [b.mean() for idx in cluster_indices(_clusters(list(s["run"]), s), len(s), n_boot, seed)
+            if (b := _aug_differences(s.iloc[idx])) is not None and b.size]  # runs resampled, by recipe
+    lo, hi = (float(q) for q in np.quantile(boot, [0.025, 0.975])) if len(boot) >= 2 else (math.nan, math.nan)
     v = verdict_from_interval(lo, hi, None, expect="positive") if np.isfinite(lo) else "untestable"
     if v == "not supported" and _absent(lo, hi):
         power.append({"claim": "P1", "world": world, "statistic": "part 3: mean Δ best OOD acc (no aug − aug)",
@@ -595,3 +620,136 @@ def synthetic_tables(n_runs: int = 8, seed: int = 0, n_seeds: int = 1, effect: f
                      "gain_over_zs": ood[best] - 0.5, "failure_mode": bool(ood[best] <= 0.5),
                      "loss_barrier": float(abs(rng.normal(0.1, 0.05))), "successful": bool(ood[best] > 0.5)})
     return pd.DataFrame(rows), pd.DataFrame(summ)
+
+
+# ----------------------------------------------------------------------------------------------
+# the step: notebooks/evidence.ipynb
+# ----------------------------------------------------------------------------------------------
+
+#: The step's upstream folders: parameter → (the step that writes it, the table read there, its key
+#: in :func:`study_evidence`'s ``tables``, the columns it must have).
+UPSTREAM: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "interpolate_dir": ("interpolate", "summary", "summary", ("run", "failure_mode", "gain_over_zs")),
+    "stragglers_dir": ("stragglers", "stragglers", "stragglers", ("run", "layer")),
+    "sharpness_dir": ("sharpness", "sharpness", "sharpness", ("run", "alpha", "layer", "value", "ood_acc")),
+    "sparsity_dir": ("sparsity", "f4_parts", "f4_parts", ()),
+}
+
+
+def _upstream_problem(folder: str, step: str, table: str, columns: Sequence[str], world: str) -> str | None:
+    """What is wrong with ``<folder>/<table>.csv`` (missing, or lacking columns), or ``None``."""
+    path = repo_path(folder) / f"{table}.csv"
+    fix = f"run the {step} step first: rft run notebooks/{step}.ipynb -p world={world} --out {folder}"
+    if not path.is_file():
+        return f"holds no {table}.csv; allowed: a results folder of the {step} step ({fix})"
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().strip().split(",")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        return f"has a {table}.csv without the columns {missing}; allowed: a results folder of the {step} step ({fix})"
+    return None
+
+
+@dataclass(frozen=True)
+class Params(StepParams):
+    """Parameters of ``notebooks/evidence.ipynb``: the verdicts of a world from its steps' tables.
+
+    A results folder that does not exist yet is no problem here (a pipeline validates every step
+    before it runs the first); one that exists without its table is, and :func:`run` checks every
+    table before it computes anything.
+
+    Example:
+        >>> Params(world="digits").sharpness_dir
+        'book/results/digits-sharpness'
+        >>> Params(n_perm=5, interpolate_dir="book/results/digits-zeroshot")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: bad parameters for notebooks/evidence.ipynb: interpolate_dir='book/results/digits-zeroshot' holds no summary.csv; allowed: a results folder of the interpolate step (run the interpolate step first: ...); n_perm=5 is too small; allowed: an integer >= 19 (a permutation p-value below 0.05)
+    """
+
+    STEP = "evidence"
+    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    interpolate_dir: str = param("", "results of the interpolation step: the run summary "
+                                     "(empty: book/results/<world>-interpolate)")
+    stragglers_dir: str = param("", "results of the straggler step: each run's straggler layers "
+                                    "(empty: book/results/<world>-stragglers)")
+    sharpness_dir: str = param("", "results of the sharpness step: sharpness and OOD accuracy per run and alpha "
+                                   "(empty: book/results/<world>-sharpness)")
+    sparsity_dir: str = param("", "results of the sparsity step: the F4 parts (empty: book/results/<world>-sparsity)")
+    rho_claims: float = param(0.0, "the sharpness radius judged (0: the sharpness table's only radius)")
+    n_boot: int = param(2000, "bootstrap resamples (runs, clustered by recipe)")
+    n_perm: int = param(1999, "permutations of the across-run test")
+    seed: int = param(0, "seed of the bootstrap, the permutations and the power simulations")
+    out_dir: str = param("", "results folder (empty: book/results/<world>-evidence; the runner sets it)")
+
+    def check_world(self, p: Problems) -> None:
+        check_world(p, verify=False)  # the step reads tables only, never the world's weights
+
+    def _check_dir(self, p: Problems, name: str) -> None:
+        p.path(name, f"the results folder of the {UPSTREAM[name][0]} step")
+        folder = p.values[name]
+        if p.ok(name) and repo_path(folder).is_dir():
+            step, table, _, columns = UPSTREAM[name]
+            problem = _upstream_problem(folder, step, table, columns, p.values["world"])
+            if problem:
+                p.items.append(f"{name}={folder!r} {problem}")
+                p.bad.add(name)
+
+    def check_interpolate_dir(self, p: Problems) -> None:
+        self._check_dir(p, "interpolate_dir")
+
+    def check_stragglers_dir(self, p: Problems) -> None:
+        self._check_dir(p, "stragglers_dir")
+
+    def check_sharpness_dir(self, p: Problems) -> None:
+        self._check_dir(p, "sharpness_dir")
+
+    def check_sparsity_dir(self, p: Problems) -> None:
+        self._check_dir(p, "sparsity_dir")
+
+    def check_rho_claims(self, p: Problems) -> None:
+        p.number("rho_claims", lambda r: r >= 0, "a finite number >= 0 (0: the sharpness table's only radius)")
+
+    def check_n_boot(self, p: Problems) -> None:
+        p.at_least("n_boot", 1)
+
+    def check_n_perm(self, p: Problems) -> None:
+        p.at_least("n_perm", 19, "a permutation p-value below 0.05")
+
+    def check_seed(self, p: Problems) -> None:
+        p.at_least("seed", 0, "numpy seeds are non-negative")
+
+
+def read_inputs(p: Params) -> dict[str, pd.DataFrame]:
+    """The upstream tables of :data:`UPSTREAM`, keyed as :func:`study_evidence` takes them; every one
+    is checked before any is read.
+
+    Raises:
+        ParameterError: one line naming every folder whose table is missing or incomplete, and the fix.
+
+    Example:
+        >>> read_inputs(Params(interpolate_dir="/nonexistent/i"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: evidence step: interpolate_dir='/nonexistent/i' holds no summary.csv; allowed: ...
+    """
+    problems = [f"{name}={getattr(p, name)!r} {problem}" for name, (step, table, _, cols) in UPSTREAM.items()
+                if (problem := _upstream_problem(getattr(p, name), step, table, cols, p.world))]
+    if problems:
+        raise ParameterError("evidence step: " + "; ".join(problems))
+    return {key: pd.read_csv(repo_path(getattr(p, name)) / f"{table}.csv")
+            for name, (_, table, key, _) in UPSTREAM.items()}
+
+
+def run(p: Params) -> StepResults:
+    """Every claim on one world from its steps' tables: ``claims`` (:class:`Claim` rows), tables
+    ``power``, ``evidence`` and ``straggler_stability``; ``info["n_runs"]`` counts the runs."""
+    tables = read_inputs(p)
+    world = load_world(p.world)
+    variant = {"rho": p.rho_claims} if p.rho_claims > 0 else None
+    ev = study_evidence(world.name, tables, variant, n_boot=p.n_boot, n_perm=p.n_perm, seed=p.seed)
+    layers = [l for l in dict.fromkeys(tables["sharpness"]["layer"]) if l != "all"]
+    stability = straggler_stability(tables["stragglers"], tables["summary"], layers=layers)
+    return StepResults(world, claims=ev.claims, info={"n_runs": len(tables["summary"])},
+                       tables={"power": ev.power, "evidence": ev.details,
+                               "straggler_stability": stability.assign(world=world.name)})

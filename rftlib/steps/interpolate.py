@@ -82,14 +82,15 @@ def sweep_runs(world: World, runs: Sequence[str], alphas: Sequence[float], n_eva
 
 
 def run(p: Params) -> StepResults:
-    """Sweep every run of the grid: tables ``curves``, ``summary`` and ``p1_parts``, claim P1; ``info``
-    holds the curves with mean OOD and unseen rows (for the figures)."""
+    """Sweep every run of the grid: tables ``curves``, ``summary`` and ``p1_parts`` (P1's parts on this
+    grid; the verdict on P1 is the evidence step's, :mod:`rftlib.steps.evidence`); ``info`` holds the
+    curves with mean OOD and unseen rows (for the figures)."""
     w = load_world(p.world)
     recipes = load_grid(p.grid)
     curves = sweep_runs(w, [r.name for r in recipes], alpha_grid(p.n_alpha), p.n_eval, runs_root=p.runs_root)
     summary = run_summary(curves, w, recipes)
-    p1, parts = claim_p1(summary, w.name, n_boot=p.n_boot, seed=p.seed)
-    return StepResults(w, tables={"curves": curves, "summary": summary, "p1_parts": parts}, claims=[p1],
+    _, parts = claim_p1(summary, w.name, n_boot=p.n_boot, seed=p.seed)
+    return StepResults(w, tables={"curves": curves, "summary": summary, "p1_parts": parts},
                        info={"means": curves_with_means(curves, w)})
 
 

@@ -11,6 +11,10 @@ Stouffer p-value and sign consistency), then judged with :mod:`rftlib.core.verdi
 - F3 (layer-wise sharpness correlates with OOD accuracy along RFT paths): ``expect="any"`` on the
   best layer, with a Bonferroni-corrected significance level (α / number of layers).
 
+These within-run verdicts are the step's own look at its runs (``claims_f1_f3``; its notebook shows the
+``correlations`` table); the verdicts the book reports come from the evidence step (:mod:`rftlib.steps.evidence`),
+which reads this step's ``sharpness`` table and applies the population rules of the findings pages.
+
 Example:
     >>> Params(rhos=[0.005, -1.0], rho_claims=0.01, kind="worse", interpolate_dir="/nonexistent")
     Traceback (most recent call last):
@@ -234,8 +238,10 @@ def claims_f1_f3(table: pd.DataFrame, stragglers: pd.DataFrame | None, world: st
 
 
 def run(p: Params) -> StepResults:
-    """Sharpness of every θ(α) of the grid's runs: tables ``sharpness`` and ``correlations``, claims
-    F1–F3; ``info["stragglers"]`` is the straggler step's table (``None`` when it has not run)."""
+    """Sharpness of every θ(α) of the grid's runs: tables ``sharpness`` and ``correlations`` (the
+    within-run correlations per layer; the verdicts on F1–F3 are the evidence step's,
+    :mod:`rftlib.steps.evidence`); ``info["stragglers"]`` is the straggler step's table (``None`` when
+    it has not run)."""
     w = load_world(p.world)
     runs = [r.name for r in load_grid(p.grid)]
     curves = read_upstream(p.interpolate_dir, "curves", "interpolate", p.world)
@@ -245,6 +251,6 @@ def run(p: Params) -> StepResults:
                             kind=p.kind, norm=p.norm, adaptive=p.adaptive, n_iters=p.n_iters, m=p.m,
                             logit_norm=p.logit_norm, seed=p.seed)
     table = attach_accuracy(sharp, curves, w)
-    claims, corr = claims_f1_f3(table, stragglers, w.name, p.rho_claims, n_boot=p.n_boot, seed=p.seed)
-    return StepResults(w, tables={"sharpness": table, "correlations": corr}, claims=claims,
+    _, corr = claims_f1_f3(table, stragglers, w.name, p.rho_claims, n_boot=p.n_boot, seed=p.seed)
+    return StepResults(w, tables={"sharpness": table, "correlations": corr},
                        info={"stragglers": stragglers, "estimator_seconds": float(sharp["seconds"].sum())})

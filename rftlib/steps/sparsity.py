@@ -21,7 +21,7 @@ from rftlib.core.layers import layer_groups
 from rftlib.core.sharpness import sharpness
 from rftlib.core.sparsity import INTERVENTIONS, control_layers, failure_summary, intervene, sparsity_sweep
 from rftlib.core.stats import bootstrap_mean_ci
-from rftlib.core.verdicts import Claim, verdict_from_interval
+from rftlib.core.verdicts import Claim, untestable, verdict_from_interval
 from rftlib.steps.common import StepResults, load_endpoints, read_upstream, select_runs, sharpness_data
 from rftlib.steps.fields import check_held_out, check_world
 from rftlib.steps.parameters import Problems, StepParams, param
@@ -119,7 +119,8 @@ def claim_f4(summary: pd.DataFrame, world: str, intervention: str = "mask_both",
     ``gain_over_zs(stragglers) − gain_over_zs(control)`` for ``intervention`` (gain = best interior
     mean-OOD accuracy minus the unmodified θ_zs's), with a bootstrap interval. Verdict: supported when
     the interval is above 0 *and* at least one straggler intervention rescues a failure-mode run;
-    not supported when no straggler intervention rescues any run or the interval is below 0; else mixed.
+    not supported when no straggler intervention rescues any run or the interval is below 0; else mixed;
+    untestable without a run in the failure mode.
     """
     s = summary[summary["intervention"] == intervention]
     base = summary[summary["intervention"] == "none"].set_index("run")
@@ -134,8 +135,7 @@ def claim_f4(summary: pd.DataFrame, world: str, intervention: str = "mask_both",
                           "rescued_control": not bool(b.loc[p, "failure"])})
     table = pd.DataFrame(parts)
     if table.empty:
-        claim = Claim("F4", world, "no run in the failure mode: nothing to rescue (untestable here)", 0.0,
-                      float("nan"), float("nan"), float("nan"), "mixed")
+        claim = untestable("F4", world, "no run in the failure mode: nothing to rescue")
     else:
         diff = (table["gain_stragglers"] - table["gain_control"]).to_numpy()
         lo, hi = bootstrap_mean_ci(diff, n_boot, seed)
@@ -191,8 +191,9 @@ def _stragglers_of(stragglers: pd.DataFrame, run: str) -> list[str]:
 
 def run(p: Params) -> StepResults:
     """Sparsity in the straggler layers of the failure-mode runs: tables ``curves`` and ``summary`` (when
-    a run is in the failure mode), ``f4_parts`` and ``sharpness`` (when a run is studied), claim F4;
-    ``info["runs"]`` names the runs studied."""
+    a run is in the failure mode), ``f4_parts`` and ``sharpness`` (when a run is studied);
+    ``info["runs"]`` names the runs studied, ``info["f4"]`` is F4 on these runs alone (the verdict the
+    book reports is the evidence step's, :mod:`rftlib.steps.evidence`, from ``f4_parts``)."""
     w = load_world(p.world)
     summary = read_upstream(p.interpolate_dir, "summary", "interpolate", p.world)
     stragglers = read_upstream(p.stragglers_dir, "stragglers", "stragglers", p.world)
@@ -205,8 +206,7 @@ def run(p: Params) -> StepResults:
         sp = sparsity_summary(rows, w)
         out.tables |= {"curves": rows, "summary": sp}
     claim, parts = claim_f4(sp, w.name, p.interventions[0], n_boot=p.n_boot, seed=p.seed)
-    out.claims.append(claim)
-    out.info["parts"] = parts
+    out.info["parts"], out.info["f4"] = parts, claim
     out.tables["f4_parts"] = parts if not parts.empty else pd.DataFrame({"world": [w.name]})
     if runs:
         out.tables["sharpness"] = pd.concat([sparsity_sharpness(w, r, _stragglers_of(stragglers, r), p.sharpness_p,
