@@ -31,10 +31,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rftlib.errors import ParameterError, RftError
 from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rftlib.book.finetune_ddp import FinetuneOptions
+    from rftlib.book.params import ParamFile
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -107,7 +111,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pipeline_ddp_jobs(pf, a: argparse.Namespace) -> list:
+def _pipeline_ddp_jobs(pf: "ParamFile", a: argparse.Namespace) -> "list[FinetuneOptions]":
     """``--ddp N``: the fine-tuning jobs to run data-parallel first (every step validated before)."""
     from rftlib.book.finetune_ddp import pipeline_jobs
     from rftlib.book.pipeline import select_steps, validate_pipeline

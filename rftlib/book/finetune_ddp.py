@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -277,8 +278,13 @@ def torchrun_command(o: FinetuneOptions) -> list[str]:
     return D.torchrun_command(o.nproc, ["-m", "rftlib.cli", *o.argv()])
 
 
-def launch(o: FinetuneOptions, echo: Callable[[str], None] = print) -> None:
-    """Run ``o`` on ``o.nproc`` processes (``torch.distributed.run``), from the repository root.
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def launch(o: FinetuneOptions, echo: Callable[[str], None] = _to_stderr) -> None:
+    """Run ``o`` on ``o.nproc`` processes (``torch.distributed.run``), from the repository root; the
+    command goes to ``echo`` (standard error), the ranks' output to this process's.
 
     Raises:
         RftError: a rank failed (its output above says why).
@@ -300,7 +306,7 @@ def run_finetune(o: FinetuneOptions, echo: Callable[[str], None] = print) -> Non
     o.check()
     load_grid(o.grid, list(o.runs) or None)  # a bad grid or run name is refused before any launch
     if o.nproc > 1 and not D.launched_by_torchrun():
-        launch(o, echo)
+        launch(o)
     else:
         finetune_runs(o, echo)
 
