@@ -412,6 +412,29 @@ def test_rft_finetune_on_two_ranks_matches_and_is_reused(tmp_path, tiny_world):
     assert hist["cached"].all()
 
 
+@pytest.mark.slow
+def test_rft_pipeline_ddp_fine_tunes_on_two_ranks_and_the_step_reuses_the_runs(tmp_path, tiny_world, monkeypatch):
+    import functools
+
+    from rftlib import cli
+    from rftlib.book import pipeline
+
+    world_yaml, grid = tiny_world
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    pf = tmp_path / "ddp.yaml"
+    pf.write_text(yaml.safe_dump({"steps": [{"name": "tiny-finetune", "notebook": "notebooks/finetune.ipynb",
+                                             "parameters": {"world": str(world_yaml), "grid": str(grid),
+                                                            "runs": ["t1"], "runs_root": str(runs)}}]}))
+    for k, v in _script_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(pipeline, "run_pipeline", functools.partial(pipeline.run_pipeline, results_dir=results))
+    assert cli.main(["pipeline", str(pf), "--ddp", "2", "--threads", "1", "--jobs", "1"]) == 0
+    m = json.loads((runs / "tinydigits" / "t1" / "manifest.json").read_text())
+    assert m["distributed"]["world_size"] == 2 and m["distributed"]["command"] == "rft finetune"
+    history = pd.read_csv(results / "tiny-finetune" / "history.csv")
+    assert len(history) and history["cached"].all()  # the notebook step found the run done
+
+
 def _fake_cifar(root: Path, n_per_batch: int = 20) -> None:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
