@@ -101,6 +101,17 @@ def test_rft_data_download_fetches_only_what_is_missing(tmp_path, monkeypatch, c
     assert fetched == [1] and f"Fashion-MNIST: downloaded to {tmp_path}" in capsys.readouterr().out
 
 
+def test_rft_mathjax_status_fetches_nothing(monkeypatch, capsys):
+    from rftlib.book import mathjax
+
+    monkeypatch.setattr(mathjax, "ensure", lambda force=False: pytest.fail("fetched"))
+    monkeypatch.setattr(mathjax, "is_installed", lambda dest=None: False)
+    assert cli.main(["mathjax", "--status"]) == 1
+    assert capsys.readouterr().out.startswith(f"MathJax {mathjax.MATHJAX_VERSION}: missing in ")
+    monkeypatch.setattr(mathjax, "is_installed", lambda dest=None: True)
+    assert cli.main(["mathjax", "--status"]) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # rft gpu-measure: the options of the measurement, checked before any model is built
 
