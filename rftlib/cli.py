@@ -254,6 +254,13 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parser_mathjax(sub: argparse._SubParsersAction) -> None:
+    m = sub.add_parser("mathjax", help=f"fetch MathJax {MATHJAX_VERSION} into {MATHJAX_DIR.as_posix()} (offline math)")
+    m.add_argument("--force", action="store_true", help="fetch again even if present")
+    m.add_argument("--status", action="store_true", help="say whether it is installed (exit 1 if not); fetch nothing")
+    m.set_defaults(func=cmd_mathjax)
+
+
 def _parser_data(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="say where each data set is found; --download fetches Fashion-MNIST if missing")
     d.add_argument("--download", action="store_true", help="fetch Fashion-MNIST with torchvision into ./data if missing")
@@ -351,9 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--jobs", type=int, metavar="N",
                     help="independent steps run side by side (default: free cores, from the load average)")
     pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
-    pl.add_argument("--ddp", type=int, metavar="N",
-                    help="fine-tune the fine-tuning steps' runs data-parallel on N processes first "
-                         "(torch.distributed.run; one per GPU), then run the pipeline, which reuses them")
+    pl.add_argument("--ddp", type=int, metavar="N", help="first fine-tune the runs on N processes (data-parallel)")
     pl.set_defaults(func=cmd_pipeline)
 
     pa = sub.add_parser("params", help="show a notebook's parameters: name, type, default, meaning")
@@ -366,11 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--path-output", metavar="DIR", help="build into DIR/_build instead of ./_build")
     b.set_defaults(func=cmd_book)
 
-    m = sub.add_parser("mathjax", help=f"fetch MathJax {MATHJAX_VERSION} into {MATHJAX_DIR.as_posix()} (offline math)")
-    m.add_argument("--force", action="store_true", help="fetch again even if present")
-    m.add_argument("--status", action="store_true", help="say whether it is installed (exit 1 if not); fetch nothing")
-    m.set_defaults(func=cmd_mathjax)
-
     v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
     v.set_defaults(func=cmd_verify)
 
@@ -380,11 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
     be.set_defaults(func=cmd_bench)
-
-    _parser_data(sub)
-    _parser_convert_openai(sub)
-    _parser_gpu_measure(sub)
-    _parser_finetune(sub)
+    for add in (_parser_mathjax, _parser_data, _parser_convert_openai, _parser_gpu_measure, _parser_finetune):
+        add(sub)
     return p
 
 
