@@ -34,21 +34,22 @@ setup_python() {
   echo "installed in $((SECONDS - t0)) s; environment size $(du -sh "$VENV" | cut -f1)"
 }
 
+# After the environment exists, every step is a verb of `rft`: this script only sets up and hands over.
 setup_data() {
-  "$VENV/bin/python" -m rftlib.worlds.data >/dev/null 2>&1 && return
+  "$VENV/bin/rft" data >/dev/null 2>&1 && return
   say "Fashion-MNIST is missing: fetching it"
   if command -v apt-get >/dev/null && as_root apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; then
     echo "installed Debian's dataset-fashion-mnist"
-  elif "$VENV/bin/python" -m rftlib.worlds.data --download; then
+  elif "$VENV/bin/rft" data --download; then
     echo "downloaded with torchvision into ./data"
   else
-    "$VENV/bin/python" -m rftlib.worlds.data || true
+    "$VENV/bin/rft" data || true
     die "no way to get Fashion-MNIST here (see the message above)"
   fi
 }
 
 setup_mathjax() {
-  "$VENV/bin/python" -m rftlib.book.mathjax ensure
+  "$VENV/bin/rft" mathjax
 }
 
 setup_chromium() {

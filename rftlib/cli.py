@@ -3,12 +3,17 @@
 ::
 
     rft run NOTEBOOK [--params NAME] [--step STEP] [-p key=value ...] [--out DIR] [--force] [--timeout S]
-    rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list]
+    rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list] [--ddp N]
     rft params NOTEBOOK
     rft book [--results ROOT] [--strict] [--builder html]
-    rft mathjax [--force]
+    rft mathjax [--force] [--status]
     rft verify
     rft bench [--full] [--world W] [--threads N] [--out FILE]
+    rft compare OLD NEW [--tol T]
+    rft data [--download]
+    rft convert-openai SRC.pt DEST.safetensors
+    rft gpu-measure [--device D] [--tiny] [--out FILE] [--time-budget S] [--phases P,...] ...
+    rft finetune (--world W | --setting S ...) --grid GRID [--runs RUN ...] [--nproc N] ...
 
 Errors print one line, ``rft: error: ...``, without a traceback (``RFT_DEBUG=1`` shows it); the exit
 code is 2 for bad input (parameters, names, missing files), 1 for a failed run or build.
@@ -27,10 +32,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rftlib.errors import ParameterError, RftError
 from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rftlib.book.finetune_ddp import FinetuneOptions
+    from rftlib.book.params import ParamFile
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -87,6 +96,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     pf = load_param_file(a.paramfile)
     for s in pf.steps:
         check_timeout(s.timeout, where=f"{a.paramfile}: step {s.name}: 'timeout'")
+    ddp_jobs = _pipeline_ddp_jobs(pf, a) if a.ddp is not None else []
     if a.list:
         from rftlib.book.pipeline import rooted, step_folder
 
@@ -94,10 +104,32 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
         _echo(f"pipeline {pf.name}: results root {pf.results_root}")
         for s in select_steps(pf, a.only, a.from_step):
             print(f"{s.name}\t{s.notebook}\t{step_folder(results, s)}")
+        if ddp_jobs:
+            from rftlib.book.finetune_ddp import torchrun_command
+
+            for job in ddp_jobs:
+                _echo("first, data-parallel: $ " + " ".join(torchrun_command(job)))
         return EXIT_OK
+    if ddp_jobs:
+        from rftlib.book.finetune_ddp import run_finetune
+
+        for job in ddp_jobs:  # the fine-tuning steps below then find their runs done
+            run_finetune(job)
     run_pipeline(pf, only=a.only, from_step=a.from_step, force=a.force, kernel_name=a.kernel,
                  timeout=a.timeout, jobs=a.jobs, threads=a.threads)
     return EXIT_OK
+
+
+def _pipeline_ddp_jobs(pf: "ParamFile", a: argparse.Namespace) -> "list[FinetuneOptions]":
+    """``--ddp N``: the fine-tuning jobs to run data-parallel first (every step validated before)."""
+    from rftlib.book.finetune_ddp import pipeline_jobs
+    from rftlib.book.pipeline import select_steps, validate_pipeline
+
+    if a.ddp < 1:  # before anything is validated or loaded
+        raise ParameterError(f"--ddp={a.ddp} must be at least 1 (the number of processes that fine-tune "
+                             "data-parallel), e.g. --ddp 2")
+    steps = select_steps(pf, a.only, a.from_step)
+    return pipeline_jobs(steps, validate_pipeline(pf, steps), a.ddp, a.threads)
 
 
 def cmd_params(a: argparse.Namespace) -> int:
@@ -119,6 +151,12 @@ def fetch_mathjax(force: bool = False) -> Path:
 
 
 def cmd_mathjax(a: argparse.Namespace) -> int:
+    if a.status:
+        from rftlib.book.mathjax import is_installed, mathjax_dir
+
+        installed = is_installed()
+        print(f"MathJax {MATHJAX_VERSION}: {'installed' if installed else 'missing'} in {mathjax_dir()}")
+        return EXIT_OK if installed else EXIT_FAILED
     print(fetch_mathjax(force=a.force))
     return EXIT_OK
 
@@ -198,6 +236,129 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# data sets, weights conversion, the GPU measurement, data-parallel fine-tuning
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from rftlib.worlds.data import data_report
+
+    data_report(download=a.download)
+    return EXIT_OK
+
+
+def cmd_convert_openai(a: argparse.Namespace) -> int:
+    from rftlib.models.convert_openai import convert, describe
+
+    if not Path(a.src).is_file():
+        raise ParameterError(f"SRC={a.src!r} does not exist; allowed: OpenAI's TorchScript CLIP file "
+                             "(e.g. ViT-B-32.pt), a file you trust")
+    if Path(a.dest).suffix != ".safetensors":
+        raise ParameterError(f"DEST={a.dest!r} is not a .safetensors file; allowed: a path ending in .safetensors")
+    state = convert(a.src, a.dest)
+    print(f"wrote {a.dest}: {describe(state)}")
+    return EXIT_OK
+
+
+def cmd_gpu_measure(a: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from rftlib.book.gpu_measure import MeasureOptions, measure
+
+    measure(MeasureOptions(**{f.name: getattr(a, f.name) for f in fields(MeasureOptions)}))
+    return EXIT_OK
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from rftlib.book.finetune_ddp import FinetuneOptions, run_finetune
+
+    if a.run_typo is not None:
+        raise ParameterError(f"--run {' '.join(a.run_typo)}: use --runs NAME [NAME ...] (torchrun's parser "
+                             "takes --run for its own --run-path option)")
+    values = {f.name: getattr(a, f.name) for f in fields(FinetuneOptions)}
+    run_finetune(FinetuneOptions(**{**values, "runs": tuple(a.runs)}))
+    return EXIT_OK
+
+
+def _parser_mathjax(sub: argparse._SubParsersAction) -> None:
+    m = sub.add_parser("mathjax", help=f"fetch MathJax {MATHJAX_VERSION} into {MATHJAX_DIR.as_posix()} (offline math)")
+    m.add_argument("--force", action="store_true", help="fetch again even if present")
+    m.add_argument("--status", action="store_true", help="say whether it is installed (exit 1 if not); fetch nothing")
+    m.set_defaults(func=cmd_mathjax)
+
+
+def _parser_data(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("data", help="say where each data set is found; --download fetches Fashion-MNIST if missing")
+    d.add_argument("--download", action="store_true", help="fetch Fashion-MNIST with torchvision into ./data if missing")
+    d.set_defaults(func=cmd_data)
+
+
+def _parser_convert_openai(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("convert-openai", help="convert an OpenAI TorchScript CLIP file (trusted) to safetensors")
+    c.add_argument("src", metavar="SRC.pt", help="the TorchScript archive, e.g. OpenAI's ViT-B-32.pt (loading it runs its code)")
+    c.add_argument("dest", metavar="DEST.safetensors", help="the safetensors file to write")
+    c.set_defaults(func=cmd_convert_openai)
+
+
+def _parser_gpu_measure(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("gpu-measure", help="measure on one GPU what the paper-scale cost table extrapolates")
+    g.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    g.add_argument("--tiny", action="store_true", help="smoke test: rft-tiny, tiny sizes (seconds on a CPU)")
+    g.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_measure.json, else book/results/gpu/)")
+    g.add_argument("--time-budget", type=float, default=420.0, help="seconds for all phases (global guard)")
+    g.add_argument("--model", default="ViT-B-32-quickgelu")
+    g.add_argument("--n-classes", type=int, default=1000)
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--warmup", type=int, default=5)
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--n-examples", type=int, default=1024)
+    g.add_argument("--m", type=int, default=128)
+    g.add_argument("--n-iters", type=int, default=20)
+    g.add_argument("--rho", type=float, default=5e-4, help="ℓ∞ adaptive radius (smallest of the reference grid)")
+    g.add_argument("--max-blocks", type=int, default=None, help="measure at most this many blocks")
+    g.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile phase")
+    g.add_argument("--phases", default=None,
+                   help="comma-separated subset of the phases to run (default: all), e.g. finetune_throughput")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    g.set_defaults(func=cmd_gpu_measure)
+
+
+def _parser_finetune(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("finetune", allow_abbrev=False,
+                       help="fine-tune a grid's runs, data-parallel on --nproc N processes (torch.distributed)")
+    f.add_argument("--world", help="miniature world or paper setting (worlds/<name>/world.yaml, or a path to a world.yaml)")
+    f.add_argument("--setting", help="paper scale, older form: imagenet or cifar10 (rftlib.worlds.paperdata)")
+    f.add_argument("--grid", default="", help="grid file of recipes (notebooks/params/grids/*.yaml)")
+    f.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
+                   help="run names to fine-tune (default: every run of the grid)")
+    f.add_argument("--run", dest="run_typo", nargs="*", help=argparse.SUPPRESS)
+    f.add_argument("--runs-root", default="runs", help="folder of fine-tuned weights (default: runs)")
+    f.add_argument("--force", action="store_true", help="re-run runs that already have weights")
+    f.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes (one per GPU; gloo on CPUs), launched with torch.distributed.run (default 1)")
+    f.add_argument("--model", default="ViT-B-32-quickgelu", help="--setting: open_clip architecture")
+    f.add_argument("--pretrained", help="--setting: local weights file of θ_zs's CLIP (never downloaded)")
+    f.add_argument("--data-root", help="--setting: data directory (layout: rftlib.worlds.paperdata)")
+    f.add_argument("--templates", help="--setting: prompt templates (default: the setting's; e.g. imagenet-simple)")
+    f.add_argument("--train-per-class", type=int, default=None, help="--setting: at most this many training images per class")
+    f.add_argument("--decode-threads", type=int, default=8, help="--setting: image-decoding threads per rank")
+    f.add_argument("--device", default="auto", help="auto (CUDA device LOCAL_RANK if present), cpu or cuda")
+    f.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 forwards on CUDA too")
+    f.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    f.add_argument("--threads", type=int, default=None, help="CPU threads per process (torch.set_num_threads)")
+    f.set_defaults(func=cmd_finetune)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _parser_compare(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("compare", help="compare the result tables of two results roots (every number within --tol)")
+    co.add_argument("old", metavar="OLD", help="results root before (e.g. a copy of book/results)")
+    co.add_argument("new", metavar="NEW", help="results root after")
+    co.add_argument("--tol", type=float, default=1e-6, help="largest allowed difference (default 1e-6)")
+    co.set_defaults(func=cmd_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--jobs", type=int, metavar="N",
                     help="independent steps run side by side (default: free cores, from the load average)")
     pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
+    pl.add_argument("--ddp", type=int, metavar="N", help="first fine-tune the runs on N processes (data-parallel)")
     pl.set_defaults(func=cmd_pipeline)
 
     pa = sub.add_parser("params", help="show a notebook's parameters: name, type, default, meaning")
@@ -247,10 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--path-output", metavar="DIR", help="build into DIR/_build instead of ./_build")
     b.set_defaults(func=cmd_book)
 
-    m = sub.add_parser("mathjax", help=f"fetch MathJax {MATHJAX_VERSION} into {MATHJAX_DIR.as_posix()} (offline math)")
-    m.add_argument("--force", action="store_true", help="fetch again even if present")
-    m.set_defaults(func=cmd_mathjax)
-
     v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
     v.set_defaults(func=cmd_verify)
 
@@ -260,12 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
     be.set_defaults(func=cmd_bench)
-
-    co = sub.add_parser("compare", help="compare the result tables of two results roots (every number within --tol)")
-    co.add_argument("old", metavar="OLD", help="results root before (e.g. a copy of book/results)")
-    co.add_argument("new", metavar="NEW", help="results root after")
-    co.add_argument("--tol", type=float, default=1e-6, help="largest allowed difference (default 1e-6)")
-    co.set_defaults(func=cmd_compare)
+    for add in (_parser_mathjax, _parser_data, _parser_convert_openai, _parser_gpu_measure, _parser_finetune,
+                _parser_compare):
+        add(sub)
     return p
 
 

@@ -1,11 +1,11 @@
-"""rftlib.models.convert_openai: the command the TorchScript refusal names exists and converts safely."""
+"""`rft convert-openai` (rftlib.models.convert_openai): the command the TorchScript refusal names exists and converts safely."""
 
 import pytest
 import torch
 from torch import nn
 
 from rftlib.models.checkpoints import load_state_dict
-from rftlib.models.convert_openai import main
+from rftlib.cli import main as rft
 from rftlib.errors import CheckpointError
 from rftlib.models.factory import OPENAI_MARKERS, is_openai_state_dict
 
@@ -31,9 +31,9 @@ def test_torchscript_round_trip_keeps_the_openai_markers(tmp_path, capsys):
     scripted = torch.jit.script(_TinyOpenAI())
     src, dst = tmp_path / "ViT-tiny.pt", tmp_path / "vit-tiny.safetensors"
     torch.jit.save(scripted, str(src))
-    with pytest.raises(CheckpointError, match=r"python -m rftlib\.models\.convert_openai IN\.pt OUT\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"rft convert-openai IN\.pt OUT\.safetensors"):
         load_state_dict(src)  # the refusal names the command this module provides
-    assert main([str(src), str(dst)]) == 0
+    assert rft(["convert-openai", str(src), str(dst)]) == 0
     assert "OpenAI markers kept" in capsys.readouterr().out
     got = load_state_dict(dst)
     want = scripted.state_dict()
@@ -43,10 +43,14 @@ def test_torchscript_round_trip_keeps_the_openai_markers(tmp_path, capsys):
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
-    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out.safetensors")]) == 2
+    assert rft(["convert-openai", str(tmp_path / "missing.pt"), str(tmp_path / "out.safetensors")]) == 2
     not_ts = tmp_path / "plain.pt"
     torch.save({"w": torch.zeros(2)}, not_ts)
-    assert main([str(not_ts), str(tmp_path / "out.safetensors")]) == 1
+    assert rft(["convert-openai", str(not_ts), str(tmp_path / "out.pt")]) == 2
+    assert rft(["convert-openai", str(not_ts), str(tmp_path / "out.safetensors")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(e.startswith("convert_openai: error: ") for e in err)
+    assert len(err) == 3 and all(e.startswith("rft: error: ") for e in err)
+    assert "SRC=" in err[0] and "does not exist" in err[0]
+    assert "DEST=" in err[1] and ".safetensors" in err[1]
+    assert "not a readable TorchScript archive" in err[2]
     assert not (tmp_path / "out.safetensors").exists()

@@ -139,12 +139,14 @@ def test_device_summary_cpu():
 def test_gpu_measure_cpu_smoke(tmp_path):
     out = tmp_path / "gpu_measure.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("OUT", None)
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_measure.py"), "--device", "cpu", "--tiny",
+    rft = [sys.executable, "-m", "rftlib.cli", "gpu-measure"]
+    subprocess.run([*rft, "--device", "cpu", "--tiny",
                     "--threads", "1", "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=300,
                    capture_output=True)
     res = json.loads(out.read_text())
-    assert res["complete"] and not res["errors"]
+    assert res["complete"] and not res["errors"] and res["command"] == "rft gpu-measure"
     assert res["device"]["type"] == "cpu" and res["settings"]["tiny"]
     assert res["phases"]["finetune_throughput"]["images_per_s"] > 0
     assert res["phases"]["sharpness_whole"]["value"] >= 0
@@ -158,7 +160,7 @@ def test_gpu_measure_cpu_smoke(tmp_path):
 
     # a tiny time budget stops cleanly and still writes the file
     out2 = tmp_path / "partial.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_measure.py"), "--device", "cpu", "--tiny",
+    subprocess.run([*rft, "--device", "cpu", "--tiny",
                     "--threads", "1", "--time-budget", "0.01", "--out", str(out2)], check=True, cwd=ROOT, env=env,
                    timeout=300, capture_output=True)
     part = json.loads(out2.read_text())

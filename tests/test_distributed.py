@@ -4,7 +4,8 @@ and the torchrun fine-tuning script end to end.
 - DDP fine-tuning on 2 processes gives θ_ft of one process with the same global batch and seed;
 - a WiSE-FT sweep's (run, α) jobs sharded over 2 ranks give the single-process results file byte for byte;
 - a tiny quick-GELU CLIP saved in OpenAI's original state-dict format loads and classifies identically;
-- ``scripts/finetune_ddp.py`` under ``torchrun`` writes runs that the notebook step reuses.
+- ``rft finetune --nproc 2`` (which launches ``torch.distributed.run`` itself) writes runs that the notebook
+  step reuses.
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ def test_openai_format_checkpoint_classifies_identically(tmp_path, tiny_quickgel
 
 
 # ---------------------------------------------------------------------------------------------
-# the torchrun script, end to end (tiny world; fake CIFAR-10 for the paper-scale path)
+# `rft finetune`, end to end (tiny world on 2 ranks; fake CIFAR-10 for the paper-scale path)
 
 
 def _script_env():
@@ -371,7 +372,7 @@ def tiny_world(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
+def test_rft_finetune_on_two_ranks_matches_and_is_reused(tmp_path, tiny_world):
     from rftlib.models.checkpoints import load_state_dict
     from rftlib.models.finetune import finetune
     from rftlib.steps.common import id_training_data, load_grid
@@ -380,15 +381,15 @@ def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
 
     world_yaml, grid = tiny_world
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "scripts" / "finetune_ddp.py"), "--world", str(world_yaml), "--grid", str(grid),
-           "--runs", "t1", "--runs-root", str(runs), "--threads", "1"]
+    cmd = [sys.executable, "-m", "rftlib.cli", "finetune", "--nproc", "2", "--world", str(world_yaml),
+           "--grid", str(grid), "--runs", "t1", "--runs-root", str(runs), "--threads", "1"]
     p = subprocess.run(cmd, cwd=ROOT, env=_script_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "tinydigits/t1: done" in p.stdout
+    assert "tinydigits/t1: done" in p.stdout and "torch.distributed.run" in p.stderr
     folder = runs / "tinydigits" / "t1"
     m = json.loads((folder / "manifest.json").read_text())
     assert m["distributed"]["world_size"] == 2 and m["distributed"]["backend"] == "gloo"
+    assert m["distributed"]["command"] == "rft finetune"
     assert not m["distributed"]["bf16_autocast"] and not (folder / "state.pt").exists()
     assert not (runs / "tinydigits" / "t2").exists()
 
@@ -411,6 +412,29 @@ def test_torchrun_finetune_script_matches_and_is_reused(tmp_path, tiny_world):
     assert hist["cached"].all()
 
 
+@pytest.mark.slow
+def test_rft_pipeline_ddp_fine_tunes_on_two_ranks_and_the_step_reuses_the_runs(tmp_path, tiny_world, monkeypatch):
+    import functools
+
+    from rftlib import cli
+    from rftlib.book import pipeline
+
+    world_yaml, grid = tiny_world
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    pf = tmp_path / "ddp.yaml"
+    pf.write_text(yaml.safe_dump({"steps": [{"name": "tiny-finetune", "notebook": "notebooks/finetune.ipynb",
+                                             "parameters": {"world": str(world_yaml), "grid": str(grid),
+                                                            "runs": ["t1"], "runs_root": str(runs)}}]}))
+    for k, v in _script_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(pipeline, "run_pipeline", functools.partial(pipeline.run_pipeline, results_dir=results))
+    assert cli.main(["pipeline", str(pf), "--ddp", "2", "--threads", "1", "--jobs", "1"]) == 0
+    m = json.loads((runs / "tinydigits" / "t1" / "manifest.json").read_text())
+    assert m["distributed"]["world_size"] == 2 and m["distributed"]["command"] == "rft finetune"
+    history = pd.read_csv(results / "tiny-finetune" / "history.csv")
+    assert len(history) and history["cached"].all()  # the notebook step found the run done
+
+
 def _fake_cifar(root: Path, n_per_batch: int = 20) -> None:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
@@ -423,7 +447,7 @@ def _fake_cifar(root: Path, n_per_batch: int = 20) -> None:
 
 
 @pytest.mark.slow
-def test_finetune_script_paper_setting_on_fake_cifar(tmp_path):
+def test_rft_finetune_paper_setting_on_fake_cifar(tmp_path):
     from rftlib.models.checkpoints import save_state_dict
     from rftlib.models.factory import create_clip
 
@@ -434,7 +458,7 @@ def test_finetune_script_paper_setting_on_fake_cifar(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"defaults": {"epochs": 1, "batch_size": 16, "warmup_steps": 1, "n_train": 32},
                                     "runs": [{"name": "c1", "lr": 1e-4}]}))
-    base = [sys.executable, str(ROOT / "scripts" / "finetune_ddp.py"), "--setting", "cifar10", "--model", "rft-tiny",
+    base = [sys.executable, "-m", "rftlib.cli", "finetune", "--setting", "cifar10", "--model", "rft-tiny",
             "--data-root", str(tmp_path / "data"), "--grid", str(grid), "--runs-root", str(tmp_path / "runs"),
             "--threads", "1", "--decode-threads", "2"]
     p = subprocess.run(base + ["--pretrained", str(weights)], cwd=ROOT, env=_script_env(), capture_output=True,

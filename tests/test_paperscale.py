@@ -428,11 +428,11 @@ def test_missing_data_sets_are_listed_with_the_variable(imagenet_root, weights, 
 
 
 # ---------------------------------------------------------------------------------------------
-# the torchrun script on a paper setting: its runs are the notebook step's
+# `rft finetune` on a paper setting: its runs are the notebook step's
 
 
 @pytest.mark.slow
-def test_finetune_script_on_a_paper_setting_is_reused_by_the_notebook_step(tmp_path, tiny_model, weights,
+def test_rft_finetune_on_a_paper_setting_is_reused_by_the_notebook_step(tmp_path, tiny_model, weights,
                                                                          cifar_root, monkeypatch):
     from rftlib.steps import common as study
 
@@ -449,7 +449,7 @@ def test_finetune_script_on_a_paper_setting_is_reused_by_the_notebook_step(tmp_p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
            "RFT_PROGRESS": "0", "RFT_DATA_ROOT": str(cifar_root)}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(ROOT / "scripts" / "finetune_ddp.py"), "--world", str(path), "--grid", str(grid),
+    cmd = [sys.executable, "-m", "rftlib.cli", "finetune", "--world", str(path), "--grid", str(grid),
            "--runs-root", str(tmp_path / "runs"), "--threads", "1"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -301,14 +301,24 @@ CLI_CASES = [
     (["pipeline", "@notyaml"], r"not-yaml\.yaml is not valid YAML"),
     (["params", "no/such/notebook.ipynb"], r"notebook not found"),
     (["params", "@nonliteral"], r"the value of 'n' is not a literal"),
+    # the other verbs of the front door
+    (["pipeline", "quick", "--ddp", "0"], r"--ddp=0 must be at least 1"),
+    (["finetune", "--world", "fashion", "--grid", FT + "quick.yaml", "--nproc", "0"], r"--nproc=0 must be at least 1"),
+    (["finetune", "--grid", FT + "quick.yaml"], r"give one of --world NAME .* or --setting \{imagenet,cifar10\}"),
+    (["gpu-measure", "--phases", "throughput"], r"--phases='throughput': unknown phase\(s\) \['throughput'\]; allowed: "
+                                                r"a comma-separated subset of finetune_throughput, "),
+    (["convert-openai", "no/such/ViT-B-32.pt", "out.safetensors"], r"SRC='no/such/ViT-B-32\.pt' does not exist; allowed: "),
+    (["data"], r"RFT_FASHION_MNIST='/nonexistent/fashion' is not a folder"),
 ]
 
 
 @pytest.mark.parametrize("argv,match", CLI_CASES, ids=[" ".join(a)[:40] for a, _ in CLI_CASES])
-def test_cli_bad_input_exits_2_with_one_line(cli_files, no_kernel, capsys, argv, match):
+def test_cli_bad_input_exits_2_with_one_line(cli_files, no_kernel, capsys, monkeypatch, argv, match):
     argv = [cli_files.get(a, a) for a in argv]
     if argv[0] == "run":
         argv += ["--out", cli_files["@out"]]
+    if argv[0] == "data":
+        monkeypatch.setenv("RFT_FASHION_MNIST", "/nonexistent/fashion")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rft: error: "), err

@@ -228,9 +228,11 @@ def _cli(argv, capsys) -> tuple[int, str]:
 def test_cli_help(capsys):
     proc = subprocess.run([sys.executable, "-m", "rftlib.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for sub in ("run", "pipeline", "params", "book", "verify"):
+    verbs = ("run", "pipeline", "params", "book", "mathjax", "verify", "bench", "data", "convert-openai",
+             "gpu-measure", "finetune")
+    for sub in verbs:
         assert sub in proc.stdout
-    for sub in ("run", "pipeline", "params", "book", "mathjax", "verify"):
+    for sub in verbs:
         assert _cli([sub, "--help"], capsys)[0] == 0
 
 

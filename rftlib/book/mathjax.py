@@ -8,7 +8,7 @@ by hand), its SHA-256 is checked, and its ``es5`` folder (about 24 MB, ignored b
 
 Set-up step (idempotent)::
 
-    .venv/bin/python -m rftlib.book.mathjax ensure     # or: .venv/bin/rft mathjax
+    rft mathjax            # rft mathjax --status: installed or missing
 
 Example:
     >>> MATHJAX_VERSION, MATHJAX_DIR.as_posix(), MATHJAX_ENTRY
@@ -17,12 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -94,26 +92,3 @@ def ensure(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
             shutil.rmtree(target)
         os.replace(new, target)
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m rftlib.book.mathjax ensure [--force]`` or ``status``."""
-    p = argparse.ArgumentParser(prog="python -m rftlib.book.mathjax", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["ensure", "status"])
-    p.add_argument("--force", action="store_true", help="fetch again even if present")
-    a = p.parse_args(argv)
-    if a.action == "status":
-        print(f"MathJax {MATHJAX_VERSION}: {'installed' if is_installed() else 'missing'} in {mathjax_dir()}")
-        return 0 if is_installed() else 1
-    try:
-        was = is_installed() and not a.force
-        folder = ensure(force=a.force)
-    except RftError as e:
-        print(f"rftlib.book.mathjax: error: {e}", file=sys.stderr)
-        return 1
-    print(f"MathJax {MATHJAX_VERSION} {'already' if was else 'now'} in {folder}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

