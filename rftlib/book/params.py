@@ -519,6 +519,38 @@ def load_param_file(name: str | os.PathLike, params_dir: str | os.PathLike | Non
     return ParamFile(path=path, steps=[Step(name=path.stem, notebook=None, parameters=data)])
 
 
+def world_pipeline(world: str, template: str | os.PathLike = "default") -> ParamFile:
+    """The steps of pipeline ``template`` for ``world`` alone: the steps of the template's first world,
+    with that world's name replaced by ``world`` in the steps' names and ``world`` parameters, and each
+    ``*_dir`` parameter that names one of those steps' folders renamed to the new step's folder.
+
+    Example:
+        >>> pf = world_pipeline("mine", "quick")
+        >>> pf.step_names()[:2], pf.get_step("mine-sharpness").parameters["stragglers_dir"]
+        (['mine-zeroshot', 'mine-finetune'], 'book/results/mine-stragglers')
+    """
+    pf = load_param_file(template)
+    first = next((s.parameters["world"] for s in pf.steps if "world" in s.parameters), None)
+    if not pf.is_pipeline or first is None:
+        raise ParameterError(f"{portable_path(pf.path)} is not a pipeline whose steps name a 'world'; "
+                             "use a study pipeline such as default or quick")
+    steps = [s for s in pf.steps if s.parameters.get("world") == first]
+    names = {s.name: (world + s.name[len(str(first)):] if s.name.startswith(f"{first}-") else f"{world}-{s.name}")
+             for s in steps}
+
+    def renamed(key: str, value: Any) -> Any:
+        if key == "world":
+            return world
+        if key.endswith("_dir") and isinstance(value, str) and Path(value).name in names:
+            return (Path(value).parent / names[Path(value).name]).as_posix()
+        return value
+
+    new = [dataclasses.replace(s, name=names[s.name], parameters={k: renamed(k, v) for k, v in s.parameters.items()})
+           for s in steps]
+    return ParamFile(path=pf.path, steps=new, defaults=dict(pf.defaults),
+                     description=f"{pf.description} (world {world} alone, from the steps of {first})", is_pipeline=True)
+
+
 __all__ = [
     "ParamFile",
     "ParamSpec",
@@ -533,5 +565,6 @@ __all__ = [
     "resolve_path",
     "step_class",
     "validate_params",
+    "world_pipeline",
     "yaml_load",
 ]
