@@ -209,9 +209,18 @@ def _check_world_env() -> None:
 
 
 def _world_overrides(pairs: Sequence[str]) -> dict:
+    """``--set KEY=VALUE`` of ``rft world new``: KEY may be ``section.key``; VALUE is YAML."""
     from rftlib.book.params import parse_override
 
-    return dict(parse_override(p) for p in pairs)
+    out = {}
+    for text in pairs:
+        key, sep, raw = text.partition("=")
+        section, dot, sub = key.strip().partition(".")
+        if not sep or (dot and not sub.isidentifier()):
+            raise ParameterError(f"bad override {text!r}: write KEY=VALUE or SECTION.KEY=VALUE, e.g. seed=1 or "
+                                 "captions.p_wrong=0.3")
+        out[key.strip()] = parse_override(f"{section}={raw}")[1]
+    return out
 
 
 def cmd_world_new(a: argparse.Namespace) -> int:

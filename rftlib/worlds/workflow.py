@@ -119,7 +119,7 @@ def apply_world_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) 
                                  f"or {', '.join(sorted(ALIASES))}.")
         old = out[section][sub] if sub else out[section]
         if not _same_kind(old, value):
-            raise ParameterError(f"--set {raw}={value!r}: {key} is a {type(old).__name__} in the world file "
+            raise ParameterError(f"--set {raw}={value!r}: {key} takes a value of type {type(old).__name__} "
                                  f"(now {old!r}); give a value of that type.")
         if sub:
             out[section][sub] = value
