@@ -9,7 +9,7 @@
     rft mathjax [--force]
     rft verify                       (alias of rft world verify)
     rft world new NAME --from BASE [--set key=value ...]
-    rft world pretrain NAME [--threads N] [--restart]
+    rft world pretrain NAME [--threads N] [--restart] [--force]
     rft world verify [NAME ...]
     rft world list
     rft pipeline --world NAME [--quick] [--list]
@@ -238,7 +238,7 @@ def cmd_world_pretrain(a: argparse.Namespace) -> int:
 
     _check_world_env()
     m = pretrain_world(a.name, resume=not a.restart, threads=a.threads, n_eval=a.n_eval, work_dir=a.work_dir,
-                       log=lambda msg: _echo(f"rft: {msg}"))
+                       log=lambda msg: _echo(f"rft: {msg}"), force=a.force)
     acc = m.get("zeroshot_accuracy", {})
     print(f"{a.name}: sha256 {m['sha256']} OK (pretraining {m.get('pretrain_seconds')} s, "
           f"{m.get('threads')} thread(s); zero-shot ID accuracy {acc.get('id')})")
@@ -284,6 +284,7 @@ def add_world_parser(sub) -> None:
     pr.add_argument("name", metavar="NAME")
     pr.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's own)")
     pr.add_argument("--restart", action="store_true", help="start from epoch 1, discarding a resume state")
+    pr.add_argument("--force", action="store_true", help="overwrite a checkpoint that verifies (a shipped world's)")
     pr.add_argument("--n-eval", type=int, default=1000, metavar="N", help="images per split for the manifest's accuracies")
     pr.add_argument("--work-dir", metavar="DIR", help="folder of the per-epoch resume state (default runs/NAME/pretrain)")
     pr.set_defaults(func=cmd_world_pretrain)

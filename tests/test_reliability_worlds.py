@@ -142,14 +142,14 @@ ENV_CASES = [
     ("RFT_WORLDS", ["world", "list"]),
     ("RFT_WORLDS", ["run", ZEROSHOT, "-p", "world=digits"]),
     ("RFT_FASHION_MNIST", ["run", ZEROSHOT, "-p", "world=fashion"]),
-    ("RFT_FASHION_MNIST", ["world", "pretrain", "fashion"]),
+    ("RFT_FASHION_MNIST", ["world", "pretrain", "fashion", "--force"]),  # the temporary copy of fashion
     ("RFT_REPO_ROOT", ["world", "verify"]),
     ("RFT_REPO_ROOT", ["run", ZEROSHOT, "-p", "world=digits"]),
 ]
 
 
 @pytest.mark.parametrize("variable,argv", ENV_CASES, ids=[f"{v}-{a[0]}-{a[1][-15:]}" for v, a in ENV_CASES])
-def test_a_variable_naming_no_folder_gives_one_line_naming_it(monkeypatch, no_kernel, capsys, tmp_path,
+def test_a_variable_naming_no_folder_gives_one_line_naming_it(worlds, monkeypatch, no_kernel, capsys, tmp_path,
                                                               variable, argv):
     import rftlib.worlds.pretrain as pre
 
@@ -285,9 +285,13 @@ def test_world_new_refuses_bad_input_in_one_line(worlds, capsys, argv, match):
     (["pretrain", "digts"], 2, r"world='digts' unknown \(did you mean 'digits'\?\)"),
     (["pretrain", "paper-cifar10"], 2, r"'paper-cifar10' is a paper setting: .*nothing to pretrain"),
     (["pretrain", "digits", "--threads", "0"], 2, r"--threads=0 must be an integer >= 1"),
+    (["pretrain", "digits"], 2, r"world 'digits' already has a verified checkpoint .*pass --force"),
     (["verify", "digts"], 1, r"world='digts' unknown \(did you mean 'digits'\?\)"),  # a failed check, as for rft verify
-], ids=["unknown", "paper", "threads", "verify-unknown"])
-def test_world_verbs_refuse_bad_input_in_one_line(worlds, capsys, argv, code, match):
+], ids=["unknown", "paper", "threads", "shipped", "verify-unknown"])
+def test_world_verbs_refuse_bad_input_in_one_line(worlds, capsys, monkeypatch, argv, code, match):
+    import rftlib.worlds.pretrain as pre
+
+    monkeypatch.setattr(pre, "create_clip", lambda *a, **k: pytest.fail("a model was built before the check"))
     rc, _, err = _rft(capsys, "world", *argv)
     assert rc == code
     _one_error(err, match)

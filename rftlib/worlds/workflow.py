@@ -86,9 +86,7 @@ def _same_kind(old: Any, new: Any) -> bool:
         return isinstance(new, int)
     if isinstance(old, float):
         return isinstance(new, (int, float))
-    if isinstance(old, (list, dict)):
-        return isinstance(new, type(old))
-    return isinstance(new, type(old))
+    return isinstance(new, type(old))  # str for str, list for list, dict for dict
 
 
 def apply_world_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,9 +260,24 @@ def _check_resume_state(w: _world.World, state_path: Path) -> int:
     return int(state["epoch"])
 
 
+def _check_not_shipped(w: _world.World) -> None:
+    """Refuse to overwrite a checkpoint that verifies (a shipped world's results depend on it)."""
+    from rftlib.errors import RftError
+
+    if not w.checkpoint.is_file():
+        return
+    try:
+        digest = w.verify_checkpoint()
+    except RftError:
+        return  # a bad or stale checkpoint: pretraining replaces it
+    raise ParameterError(f"world {w.name!r} already has a verified checkpoint ({_shown(w.checkpoint)}, sha256 "
+                         f"{digest[:12]}…), which its results were computed with; to pretrain it again and overwrite "
+                         f"it, pass --force (or make a new world: `rft world new NAME --from {w.name}`).")
+
+
 def pretrain_world(name: str, resume: bool = True, threads: int | None = None, n_eval: int = 1000,
                    work_dir: str | os.PathLike | None = None, progress: bool = True,
-                   log: Any = None) -> dict[str, Any]:
+                   log: Any = None, force: bool = False) -> dict[str, Any]:
     """Pretrain world ``name`` (its recipe, :func:`rftlib.worlds.pretrain.recreate_checkpoint`), write
     its checkpoint and manifest, then verify them; returns the manifest.
 
@@ -272,6 +285,8 @@ def pretrain_world(name: str, resume: bool = True, threads: int | None = None, n
     is saved atomically to ``work_dir/state.pt`` (default :func:`resume_folder`); a run killed at any
     point resumes from its last finished epoch (``resume``) and gives the weights an uninterrupted run
     gives. The resume state is checked before any model is built; it is removed once the world ships.
+    Checkpoint and manifest are each written atomically; a kill between the two leaves a pair that
+    verification refuses and the resume state in place, so a rerun ships again.
 
     Args:
         name: a miniature world (``worlds/<name>/world.yaml``).
@@ -281,6 +296,7 @@ def pretrain_world(name: str, resume: bool = True, threads: int | None = None, n
         work_dir: folder of the resume state.
         progress: show the bar (``RFT_PROGRESS=0`` hides it too).
         log: called with one line of news (which epoch it resumes from, what it verifies).
+        force: overwrite a checkpoint that verifies (without it, that is refused).
 
     Raises:
         ParameterError: unknown or paper world, bad ``threads``/``n_eval``.
@@ -296,9 +312,11 @@ def pretrain_world(name: str, resume: bool = True, threads: int | None = None, n
     if isinstance(n_eval, bool) or not isinstance(n_eval, int) or n_eval < 1:
         raise ParameterError(f"--n-eval={n_eval!r} must be an integer >= 1 (images per evaluation split).")
     w = _miniature(name)
-    w.check_data()
     work = Path(work_dir) if work_dir is not None else resume_folder(name)
     state_path = work / STATE_NAME
+    if not force and not (resume and state_path.is_file()):  # an unfinished pretraining may finish
+        _check_not_shipped(w)
+    w.check_data()
     if not resume:
         state_path.unlink(missing_ok=True)
     done = _check_resume_state(w, state_path)
