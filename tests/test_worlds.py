@@ -84,19 +84,19 @@ def test_pretraining_lowers_loss_and_resumes_exactly(tiny_world, tmp_path, monke
     assert full["loss"].iloc[-1] < full["loss"].iloc[0]
     import rftlib.worlds.pretrain as pre
 
-    real = pre.bar
+    real = pre.render_corpus  # called once at the start of each epoch: stop at the start of the third
     calls = {"n": 0}
 
-    def cut(it, **kw):
+    def cut(*a, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(it, **kw)
+        return real(*a, **kw)
 
-    monkeypatch.setattr(pre, "bar", cut)
+    monkeypatch.setattr(pre, "render_corpus", cut)
     with pytest.raises(KeyboardInterrupt):
         pretrain_world(tiny_world, tmp_path / "cut", n_eval=50, progress=False, max_steps_per_epoch=4)
-    monkeypatch.setattr(pre, "bar", real)
+    monkeypatch.setattr(pre, "render_corpus", real)
     clip, _, resumed = pretrain_world(tiny_world, tmp_path / "cut", n_eval=50, progress=False, max_steps_per_epoch=4)
     clip_full = torch.load(tmp_path / "full" / "state.pt", weights_only=True)["model"]
     for k, v in clip.state_dict().items():

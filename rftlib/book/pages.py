@@ -392,7 +392,7 @@ def reproduce_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str
             m = json.loads(p.read_text())
             rows.append({"world": w, "epochs": len(m["history"]), "minutes": round(m["pretrain_seconds"] / 60, 1)})
     if rows:
-        parts.append("Re-creating a world's zero-shot checkpoint from scratch (`recreate=true`; not part of the default "
+        parts.append("Re-creating a world's zero-shot checkpoint from scratch (`rft world pretrain NAME`; not part of the default "
                      "run, which uses the shipped checkpoints) took, measured while pretraining here:\n\n"
                      + _table(pd.DataFrame(rows), 1) + "\n")
     b = root / "benchmarks" / "prefix.json"

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from rftlib.errors import ParameterError
+from rftlib.errors import ParameterError, RftError
 from rftlib.files.manifest import portable_path, repo_root
 
 if TYPE_CHECKING:
@@ -608,6 +608,57 @@ def load_param_file(name: str | os.PathLike, params_dir: str | os.PathLike | Non
     return ParamFile(path=path, steps=[Step(name=path.stem, notebook=None, parameters=data)])
 
 
+def world_pipeline(world: str, template: str | os.PathLike = "default") -> ParamFile:
+    """The steps of pipeline ``template`` for ``world`` alone: the steps of the template's first world,
+    with that world's name replaced by ``world`` in the steps' names and ``world`` parameters, and each
+    ``*_dir`` parameter that names one of those steps' folders renamed to the new step's folder.
+
+    Example:
+        >>> pf = world_pipeline("mine", "quick")
+        >>> pf.step_names()[:2], pf.parameters_for(pf.get_step("mine-sharpness"))["stragglers_dir"]
+        (['mine-zeroshot', 'mine-finetune'], 'book/results-quick/mine-stragglers')
+    """
+    pf = load_param_file(template)
+    worlds = list(dict.fromkeys(s.parameters["world"] for s in pf.steps if "world" in s.parameters))
+    if not pf.is_pipeline or not worlds:
+        raise ParameterError(f"{portable_path(pf.path)} is not a pipeline whose steps name a 'world'; "
+                             "use a study pipeline such as default or quick")
+    first = _model_world(world, worlds)
+    steps = [s for s in pf.steps if s.parameters.get("world") == first]
+    names = {s.name: (world + s.name[len(str(first)):] if s.name.startswith(f"{first}-") else f"{world}-{s.name}")
+             for s in steps}
+
+    def renamed(key: str, value: Any) -> Any:
+        if key == "world":
+            return world
+        if key.endswith("_dir") and isinstance(value, str) and Path(value).name in names:
+            return (Path(value).parent / names[Path(value).name]).as_posix()
+        return value
+
+    new = [dataclasses.replace(s, name=names[s.name], parameters={k: renamed(k, v) for k, v in s.parameters.items()})
+           for s in steps]
+    return dataclasses.replace(pf, steps=new, defaults=dict(pf.defaults),
+                               description=f"{pf.description} (world {world} alone, from the steps of {first})")
+
+
+def _model_world(world: str, worlds: Sequence[str]) -> str:
+    """The template world whose steps (grid, sizes) a new world takes: the first one on the same data
+    set (a world made ``--from digits`` gets digits' grid), else the template's first world."""
+    from rftlib.worlds.world import load_world
+
+    try:
+        dataset = load_world(world).dataset
+    except RftError:  # not (yet) a loadable world: its own checks report that when the steps are checked
+        return str(worlds[0])
+    for w in worlds:
+        try:
+            if load_world(str(w)).dataset == dataset:
+                return str(w)
+        except RftError:
+            continue
+    return str(worlds[0])
+
+
 __all__ = [
     "DEFAULT_RESULTS_ROOT",
     "ParamFile",
@@ -625,5 +676,6 @@ __all__ = [
     "resolved_dirs",
     "step_class",
     "validate_params",
+    "world_pipeline",
     "yaml_load",
 ]

@@ -91,13 +91,17 @@ def check_world(p: Problems, verify: bool = True) -> Any:
         for problem in w.problems():  # each names the setting and the variable to set
             p.note(problem)
         return w
+    try:
+        w.check_data()  # the data set is there ($RFT_FASHION_MNIST, if set, must hold it), before any kernel
+    except (FileNotFoundError, ValueError) as e:
+        p.add("world", v, f"cannot find its data ({e})", "a world whose data set is installed, or fix the variable")
+        return None
     if verify and w.checkpoint.is_file():
         try:
             (worlds.check_world(target) if hasattr(worlds, "check_world") else w.verify_checkpoint())
         except (CheckpointError, ValueError) as e:
             p.add("world", v, f"has a bad checkpoint ({e})",
-                  f"a verified world: restore worlds/{w.name}/ with git, or rft run notebooks/zeroshot.ipynb "
-                  f"-p world={v} -p recreate=true")
+                  f"a verified world: restore worlds/{w.name}/ with git, or pretrain it: rft world pretrain {w.name}")
     return w
 
 

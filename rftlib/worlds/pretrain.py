@@ -54,29 +54,6 @@ def recipe_of(world: World, **overrides: Any) -> dict[str, Any]:
     return r
 
 
-class Eta:
-    """The estimated time left of a job of ``total`` steps, from the wall time of the steps done so far
-    in this process (a resumed run counts only what is left; evaluation and rendering are included).
-
-    Example:
-        >>> e = Eta(10, clock=iter([0.0, 30.0]).__next__)
-        >>> e.left(5)
-        '0:30'
-    """
-
-    def __init__(self, total: int, clock=time.perf_counter) -> None:
-        self.total, self.clock = total, clock
-        self.t0 = clock()
-
-    def left(self, done: int) -> str:
-        """``h:mm:ss`` or ``m:ss`` left after ``done`` of the steps."""
-        if done <= 0:
-            return "?"
-        seconds = int(round((self.clock() - self.t0) / done * max(self.total - done, 0)))
-        h, rest = divmod(seconds, 3600)
-        return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
 def zero_shot_eval(clip, tokenizer, world: World, splits) -> dict[str, float]:
     """Zero-shot accuracy of ``clip`` on ``splits``: ID, mean OOD (seen+natural) and mean unseen."""
     clf = build_classifier(clip, tokenizer, world.classnames, world.templates, world.input_mean, world.input_std)
@@ -123,7 +100,10 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-    eta = Eta((epochs - start_epoch) * steps_per_epoch)
+    # one bar over every step of the pretraining: tqdm's time left counts only what this process has
+    # left to do (a resumed run starts the bar at its last finished epoch)
+    progress_bar = bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
+                       desc=f"pretrain {world.name}", unit="step")
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         images, captions, _ = render_corpus(x_train, y_train, world.pretrain_styles, world.classes,
@@ -135,9 +115,8 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
         clip.train()
         losses = []
         t1 = time.perf_counter()
-        it = bar(range(steps_per_epoch), desc=f"pretrain {world.name} epoch {epoch + 1}/{epochs}", disable=not progress,
-                 unit="step")
-        for i in it:
+        progress_bar.set_description(f"pretrain {world.name} epoch {epoch + 1}/{epochs}")
+        for i in range(steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
             img = (images[idx] - mean) / std
             f_img = clip.encode_image(img, normalize=True)
@@ -152,9 +131,9 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, float(np.log(100.0)))
             losses.append(loss.item())
+            progress_bar.update(1)
             if i % 5 == 0:
-                it.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}",
-                               total_left=eta.left((epoch - start_epoch) * steps_per_epoch + i + 1))
+                progress_bar.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}", refresh=False)
         t_train = time.perf_counter() - t1
         clip.eval()
         t2 = time.perf_counter()
@@ -171,6 +150,7 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
             torch.save({"model": clip.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "epoch": epoch + 1, "history": history, "steps_per_epoch": steps_per_epoch,
                         "recipe": {k: str(v) for k, v in r.items()}}, tmp)
+    progress_bar.close()
     clip.eval()
     return clip, tok, pd.DataFrame(history)
 

@@ -164,6 +164,19 @@ class World:
         return self.folder / "manifest.json"
 
     # ---- data -----------------------------------------------------------------------------
+    def check_data(self) -> None:
+        """Find the world's data set without reading an image (cheap, for checks before any work).
+
+        Raises:
+            DataNotFoundError: the data set is nowhere, or ``$RFT_FASHION_MNIST`` names a folder
+                without it (the message names the variable and the fix).
+
+        Example:
+            >>> load_world("digits").check_data()
+        """
+        if self.dataset == "fashion-mnist":
+            _data.find_fashion_mnist()
+
     @cached_property
     def _train_test(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         if self.dataset == "fashion-mnist":
