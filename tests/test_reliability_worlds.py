@@ -14,10 +14,13 @@ Every case runs on temporary copies of the worlds (``$RFT_WORLDS``), never on ``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,6 +134,48 @@ def test_digits_with_fashions_checkpoint_and_manifest_is_refused(worlds, no_kern
     rc, _, err = _rft(capsys, "run", ZEROSHOT, "-p", "world=digits", "--out", str(tmp_path / "out"))
     assert rc == 2 and not (tmp_path / "out").exists()
     _one_error(err, r"world='digits'", r"was pretrained for world 'fashion'")
+
+
+def _flip_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-7] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _other_architecture(path: Path) -> None:
+    """fashion's checkpoint has another architecture only if the models differ; build one that does:
+    the digits checkpoint with one tensor dropped, its manifest's checksum updated (so only the shape
+    check can tell)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    key = sorted(state)[0]
+    state[key] = state[key].flatten()[:3].clone()
+    save_file(state, str(path), metadata={"world": "digits"})
+    m = path.parent / "manifest.json"
+    meta = json.loads(m.read_text())
+    meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    m.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("spoil,match", [
+    (_flip_byte, r"checksum mismatch"),
+    (_truncate, r"bad checkpoint \(cannot read the header.*corrupt"),
+    (_other_architecture, r"architecture|shape"),
+], ids=["checksum", "truncated", "architecture"])
+@pytest.mark.parametrize("notebook", [ZEROSHOT, FINETUNE], ids=["zeroshot", "finetune"])
+def test_a_spoiled_checkpoint_is_refused_before_a_kernel_starts(worlds, no_kernel, capsys, tmp_path, notebook,
+                                                                spoil, match):
+    spoil(worlds / "digits" / "zeroshot.safetensors")
+    t0 = time.perf_counter()
+    rc, _, err = _rft(capsys, "run", notebook, "-p", "world=digits", "--out", str(tmp_path / "out"))
+    assert rc == 2 and not (tmp_path / "out").exists()
+    _one_error(err, r"world='digits'", match)
+    assert time.perf_counter() - t0 < 20, "the check should take seconds, not a kernel's start"
 
 
 # ---------------------------------------------------------------------------------------------
