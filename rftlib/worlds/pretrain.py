@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import open_clip
@@ -81,25 +81,12 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
     clip.train()
     opt = torch.optim.AdamW(param_groups(clip, float(r["weight_decay"])), lr=float(r["lr"]), betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, int(r["warmup_steps"]), total))
-    loss_fn = open_clip.ClipLoss()
     mean = torch.tensor(world.input_mean).view(1, -1, 1, 1)
     std = torch.tensor(world.input_std).view(1, -1, 1, 1)
     tokens = TokenCache(tok)
     eval_splits = world.eval_splits(n_eval, offset=0)
-    history: list[dict] = []
-    start_epoch = 0
     state_path = out / "state.pt"
-    if state_path.is_file():
-        state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe",
-                                               "steps_per_epoch"))
-        if state["recipe"] != {k: str(v) for k, v in r.items()} or state["steps_per_epoch"] != steps_per_epoch:
-            raise ParameterError(f"{state_path} was written with another recipe {state['recipe']}; "
-                                 "use a new out_dir or delete it to start over.")
-        clip.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
+    history, start_epoch = _resume(state_path, clip, opt, sched, r, steps_per_epoch)
     # one bar over every step of the pretraining: tqdm's time left counts only what this process has
     # left to do (a resumed run starts the bar at its last finished epoch)
     progress_bar = bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
@@ -112,28 +99,10 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
         text = tokens(captions)
         t_render = time.perf_counter() - t0
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        clip.train()
-        losses = []
-        t1 = time.perf_counter()
         progress_bar.set_description(f"pretrain {world.name} epoch {epoch + 1}/{epochs}")
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            img = (images[idx] - mean) / std
-            f_img = clip.encode_image(img, normalize=True)
-            f_txt = clip.encode_text(text[idx], normalize=True)
-            loss = loss_fn(f_img, f_txt, clip.logit_scale.exp())
-            if not torch.isfinite(loss):
-                raise NumericalError(f"pretraining loss is {loss.item()} at epoch {epoch + 1}, step {i}; lower lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, float(np.log(100.0)))
-            losses.append(loss.item())
-            progress_bar.update(1)
-            if i % 5 == 0:
-                progress_bar.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}", refresh=False)
+        t1 = time.perf_counter()
+        losses = _train_epoch(clip, opt, sched, images, text, perm, bs,
+                              steps_per_epoch, (mean, std), epoch, progress_bar)
         t_train = time.perf_counter() - t1
         clip.eval()
         t2 = time.perf_counter()
@@ -153,6 +122,52 @@ def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progre
     progress_bar.close()
     clip.eval()
     return clip, tok, pd.DataFrame(history)
+
+
+def _resume(state_path: Path, clip: torch.nn.Module, opt: Any, sched: Any, r: Mapping[str, Any],
+            steps_per_epoch: int) -> tuple[list[dict], int]:
+    """Load a pretraining's saved state into model, optimizer and schedule: ``(history, first epoch to
+    run)``; ``([], 0)`` without one. A state of another recipe is an error that says how to start over."""
+    if not state_path.is_file():
+        return [], 0
+    state = load_resume_state(state_path, ("model", "optimizer", "scheduler", "history", "epoch", "recipe",
+                                           "steps_per_epoch"))
+    if state["recipe"] != {k: str(v) for k, v in r.items()} or state["steps_per_epoch"] != steps_per_epoch:
+        raise ParameterError(f"{state_path} was written with another recipe {state['recipe']}; "
+                             "use a new out_dir or delete it to start over.")
+    clip.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def _train_epoch(clip: torch.nn.Module, opt: Any, sched: Any, images: torch.Tensor, text: torch.Tensor,
+                 perm: torch.Tensor, bs: int, steps: int, norm: tuple[torch.Tensor, torch.Tensor], epoch: int,
+                 progress_bar: Any) -> list[float]:
+    """One epoch of contrastive pretraining over ``perm``'s batches; returns the step losses."""
+    mean, std = norm
+    loss_fn = open_clip.ClipLoss()
+    clip.train()
+    losses: list[float] = []
+    for i in range(steps):
+        idx = perm[i * bs:(i + 1) * bs]
+        img = (images[idx] - mean) / std
+        f_img = clip.encode_image(img, normalize=True)
+        f_txt = clip.encode_text(text[idx], normalize=True)
+        loss = loss_fn(f_img, f_txt, clip.logit_scale.exp())
+        if not torch.isfinite(loss):
+            raise NumericalError(f"pretraining loss is {loss.item()} at epoch {epoch + 1}, step {i}; lower lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, float(np.log(100.0)))
+        losses.append(loss.item())
+        progress_bar.update(1)
+        if i % 5 == 0:
+            progress_bar.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}", refresh=False)
+    return losses
 
 
 def clip_state_for_shipping(clip: torch.nn.Module) -> dict[str, torch.Tensor]:
