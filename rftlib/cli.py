@@ -485,6 +485,34 @@ def add_world_parser(sub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _parser_pipeline(sub: argparse._SubParsersAction) -> None:
+    pl = sub.add_parser("pipeline", help="run the steps of a pipeline file in order")
+    pl.add_argument("paramfile", metavar="PARAMFILE", nargs="?",
+                    help="pipeline file: NAME (notebooks/params/NAME.yaml) or a path (or --world NAME)")
+    pl.add_argument("--world", metavar="NAME", help="the default study for this one world, generated from its name")
+    pl.add_argument("--quick", action="store_true", help="with --world: the quick study instead of the default")
+    pl.add_argument("--only", action="append", metavar="STEP", help="run only this step; repeatable")
+    pl.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the ones after it")
+    pl.add_argument("--force", action="store_true", help="rerun steps even if cached")
+    pl.add_argument("--timeout", type=float, metavar="S", help="seconds per cell for steps that set none")
+    pl.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    pl.add_argument("--list", action="store_true", help="list the steps that would run, and stop")
+    pl.add_argument("--jobs", type=int, metavar="N",
+                    help="independent steps run side by side (default: free cores, from the load average)")
+    pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
+    pl.add_argument("--ddp", type=int, metavar="N", help="first fine-tune the runs on N processes (data-parallel)")
+    pl.set_defaults(func=cmd_pipeline)
+
+
+def _parser_bench(sub: argparse._SubParsersAction) -> None:
+    be = sub.add_parser("bench", help="benchmark the whole path (ratios side by side) into book/results/benchmarks/path.json")
+    be.add_argument("--full", action="store_true", help="full mode (larger sizes, ViT-B/32 shape; tens of minutes)")
+    be.add_argument("--world", default="fashion", help="miniature world whose classifier is measured")
+    be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
+    be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
+    be.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``rft`` (one sub-command per task)."""
     p = _Parser(
@@ -505,23 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, metavar="S", help="seconds allowed per cell (default 3600)")
     r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     r.set_defaults(func=cmd_run)
-
-    pl = sub.add_parser("pipeline", help="run the steps of a pipeline file in order")
-    pl.add_argument("paramfile", metavar="PARAMFILE", nargs="?",
-                    help="pipeline file: NAME (notebooks/params/NAME.yaml) or a path (or --world NAME)")
-    pl.add_argument("--world", metavar="NAME", help="the default study for this one world, generated from its name")
-    pl.add_argument("--quick", action="store_true", help="with --world: the quick study instead of the default")
-    pl.add_argument("--only", action="append", metavar="STEP", help="run only this step; repeatable")
-    pl.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the ones after it")
-    pl.add_argument("--force", action="store_true", help="rerun steps even if cached")
-    pl.add_argument("--timeout", type=float, metavar="S", help="seconds per cell for steps that set none")
-    pl.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    pl.add_argument("--list", action="store_true", help="list the steps that would run, and stop")
-    pl.add_argument("--jobs", type=int, metavar="N",
-                    help="independent steps run side by side (default: free cores, from the load average)")
-    pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
-    pl.add_argument("--ddp", type=int, metavar="N", help="first fine-tune the runs on N processes (data-parallel)")
-    pl.set_defaults(func=cmd_pipeline)
+    _parser_pipeline(sub)
 
     pa = sub.add_parser("params", help="show a notebook's parameters: name, type, default, meaning")
     pa.add_argument("notebook", metavar="NOTEBOOK")
@@ -539,14 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
     v.set_defaults(func=cmd_verify)
 
-    be = sub.add_parser("bench", help="benchmark the whole path (ratios side by side) into book/results/benchmarks/path.json")
-    be.add_argument("--full", action="store_true", help="full mode (larger sizes, ViT-B/32 shape; tens of minutes)")
-    be.add_argument("--world", default="fashion", help="miniature world whose classifier is measured")
-    be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
-    be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
-    be.set_defaults(func=cmd_bench)
-    for add in (_parser_mathjax, _parser_data, _parser_convert_openai, _parser_gpu_measure, _parser_finetune,
-                _parser_compare):
+    for add in (_parser_bench, _parser_mathjax, _parser_data, _parser_convert_openai,
+                _parser_gpu_measure, _parser_finetune, _parser_compare):
         add(sub)
     add_world_parser(sub)
     return p
