@@ -49,7 +49,7 @@ from scipy import stats as sps
 
 from rftlib.core.stats import (across_run_test, auroc, bootstrap_replicates, combine_within, mde_across_runs, mde_mean,
                                mean_pairwise_jaccard, paired_contrast, partial_kendall, percentile_interval)
-from rftlib.core.verdicts import (Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
+from rftlib.core.verdicts import (POWER_COLUMNS, Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
 from rftlib.steps.common import StepResults
@@ -83,7 +83,6 @@ MIN_RUNS = 5
 RECIPE_COLUMNS: tuple[str, ...] = ("recipe", "lr", "augment", "epochs", "weight_decay", "batch_size", "optimizer",
                                    "n_train", "freeze")
 DETAIL_COLUMNS = ("claim", "world", "statistic", "value", "ci_low", "ci_high", "p_value", "n_runs", "verdict")
-POWER_COLUMNS = ("claim", "world", "statistic", "mde", "n_runs")
 
 
 @dataclass
