@@ -138,16 +138,6 @@ def test_claim_allows_missing_interval_and_p():
     assert math.isnan(c.ci_low) and list(c.to_row()) == list(claims.COLUMNS)
 
 
-def test_claim_from_correlation():
-    from rftlib.core.stats import correlate
-
-    r = correlate(np.arange(10.0), np.arange(10.0) ** 2, n_boot=100)
-    c = Claim.from_correlation("F3", "w", r, "pooled Kendall tau", expect="any")
-    assert c.value == 1.0 and c.verdict == "supported"
-    with pytest.raises(ParameterError, match="coefficient"):
-        Claim.from_correlation("F3", "w", r, "x", coefficient="cos")
-
-
 def test_write_claims_creates_the_step_file_with_exact_columns(tmp_path):
     path = claims.write_claims(tmp_path / "w-sharpness", _c())
     assert path == tmp_path / "w-sharpness" / "claims.csv"

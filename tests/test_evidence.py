@@ -18,13 +18,35 @@ def _stragglers(n_runs, layers=("block1", "head")):
     return pd.DataFrame({"run": [f"r{i}" for i in range(n_runs) for _ in layers], "layer": list(layers) * n_runs})
 
 
-def test_cluster_indices_keep_seeds_of_a_recipe_together():
+def test_cluster_bootstrap_keeps_seeds_of_a_recipe_together():
     labels = np.repeat(["a", "b", "c", "d"], 3)
-    idx = stats.cluster_indices(labels, 12, n_boot=50, seed=1)
-    assert idx.shape == (50, 12)
-    for row in idx:
+    rows = []
+    stats.bootstrap_replicates(lambda i: rows.append(i) or 0.0, 12, n_boot=50, seed=1, clusters=labels)
+    assert len(rows) == 50 and all(r.size == 12 for r in rows)
+    for row in rows:
         for k in range(4):  # each drawn block of 3 is one whole recipe
             assert len(set(labels[row[3 * k:3 * k + 3]])) == 1
+
+
+def test_unequal_clusters_resample_whole_clusters_without_padding():
+    labels = np.array(["a", "a", "a", "b", "c"])
+    sizes = []
+    stats.bootstrap_replicates(lambda i: sizes.append(i.size) or 0.0, 5, n_boot=200, seed=0, clusters=labels)
+    assert set(sizes) <= {3, 5, 7, 9} and {3, 9} <= set(sizes)
+
+
+def test_permutation_p_values_are_uniform_under_the_null():
+    rng = np.random.default_rng(7)
+    ps = [stats.across_run_test(rng.normal(size=(12, 3)), rng.normal(size=(12, 3)), n_boot=0, n_perm=199,
+                                seed=s)["p_value"] for s in range(60)]
+    assert sps.kstest(ps, "uniform").pvalue > 0.01
+    assert 0.5 * 60 * 0.1 <= sum(p < 0.1 for p in ps) <= 2 * 60 * 0.1 + 3
+
+
+def test_permutation_test_is_exact_with_few_runs():
+    x = np.arange(5.0)
+    r = stats.across_run_test(x, x, n_boot=0, n_perm=1999)  # 5! = 120 orders < 1999: all of them
+    assert r["value"] == 1.0 and r["p_value"] == pytest.approx(2 / 120)
 
 
 def test_across_run_test_finds_a_planted_effect_and_not_a_null_one():
@@ -70,7 +92,8 @@ def test_auroc_bootstrap_formula_matches_sklearn():
     lab, s = rng.random(20) < 0.4, rng.normal(size=20)
     r = stats.auroc(lab, s, n_boot=200)
     assert r["value"] == pytest.approx(roc_auc_score(lab, s))
-    idx = stats.cluster_indices(None, 20, 200, 0)
+    idx = []
+    stats.bootstrap_replicates(lambda i: idx.append(i) or 0.0, 20, 200, 0)
     direct = [roc_auc_score(lab[i], s[i]) for i in idx if 0 < lab[i].sum() < 20]
     assert r["ci_low"] == pytest.approx(np.quantile(direct, 0.025))
     assert np.isnan(stats.auroc([True] * 5, s[:5], n_boot=10)["value"])

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from rftlib.core.verdicts import CLAIM_IDS, CLAIM_TEXTS, COLUMNS, VERDICTS, Claim
+from rftlib.core.verdicts import CLAIM_IDS, CLAIM_TEXTS, COLUMNS, POWER_COLUMNS, VERDICTS, Claim
 from rftlib.errors import ParameterError, RftError
 from rftlib.files.io import atomic_write_csv
 
@@ -139,6 +139,14 @@ def write_claims(out_dir: str | os.PathLike,
 # the book's table
 # ----------------------------------------------------------------------------------------------
 
+def _check_claims_frame(df: Any) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise ParameterError(f"df must be a pandas DataFrame (e.g. read_claims()); got {type(df).__name__}.")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     try:
         f = float(v)
@@ -166,11 +174,7 @@ def claims_table_markdown(df: pd.DataFrame, claim_texts: Mapping[str, str] = CLA
         |---|---|---|---|---|---|
         | **F1** Whole-model sharpness is not a reliable predictor of the OOD accuracy of interpolated CLIP models | mean tau | 0.05 (p = 0.61) | [-0.3, 0.4] | supported | mini |
     """
-    if not isinstance(df, pd.DataFrame):
-        raise ParameterError(f"df must be a pandas DataFrame (e.g. read_claims()); got {type(df).__name__}.")
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
+    _check_claims_frame(df)
     lines = ["| paper claim | our statistic | value | interval | verdict | world |", "|---|---|---|---|---|---|"]
     if len(df):
         df = _sorted(df.copy())
@@ -189,10 +193,6 @@ def claims_table_markdown(df: pd.DataFrame, claim_texts: Mapping[str, str] = CLA
 # ----------------------------------------------------------------------------------------------
 # the claims matrix (claims × worlds) and the power table
 # ----------------------------------------------------------------------------------------------
-
-#: Columns of a step's ``power.csv`` (:mod:`rftlib.steps.evidence`).
-POWER_COLUMNS: tuple[str, ...] = ("claim", "world", "statistic", "mde", "n_runs")
-
 
 def read_power(path: str | os.PathLike = "book/results") -> pd.DataFrame:
     """Every ``<step>/power.csv`` under a results root, concatenated (empty table when there is none).
@@ -275,11 +275,7 @@ def claims_matrix_html(df: pd.DataFrame, worlds: Sequence[str] | None = None, po
         >>> html.count("<tr class=\\"claim-row\\""), html.count("verdict-untestable"), html.count("verdict-none")
         (2, 1, 2)
     """
-    if not isinstance(df, pd.DataFrame):
-        raise ParameterError(f"df must be a pandas DataFrame (e.g. read_claims()); got {type(df).__name__}.")
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ParameterError(f"df lacks claims columns {missing}; it has {list(df.columns)}.")
+    _check_claims_frame(df)
     worlds = list(worlds) if worlds is not None else list(dict.fromkeys(df["world"]))
     mdes: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for r in ([] if power is None else power.itertuples()):

@@ -1,4 +1,4 @@
-"""Correlations with bootstrap confidence intervals, within runs, across runs, and combined.
+"""Correlations, bootstrap intervals and permutation tests over runs, on top of ``scipy.stats``.
 
 The study asks whether sharpness (whole-model or per layer) tracks the OOD accuracy of interpolated
 models θ(α). Every correlation here reports three coefficients, each with its p-value (scipy) and a
@@ -8,20 +8,19 @@ percentile bootstrap interval:
 - Spearman ρ (``scipy.stats.spearmanr``);
 - Pearson r (``scipy.stats.pearsonr``).
 
-**Bootstrap.** Percentile intervals from ``n_boot`` resamples drawn with a seeded
-``numpy.random.Generator``. By default the (x, y) *pairs* are resampled. When points are grouped
-(pooled α points of several runs, which are not independent) pass ``groups`` and whole groups are
-resampled instead (cluster bootstrap). A resample in which x or y is constant has no defined
-correlation; it is skipped, and ``n_boot_used`` says how many resamples made the interval.
+**Resampling** is scipy's: :func:`bootstrap_replicates` draws resamples with
+``scipy.stats.bootstrap`` (seeded; the units are runs or points, or whole *clusters* of runs, e.g.
+the seeds of one recipe, when ``clusters`` is given: a resample draws clusters with replacement and
+takes every run of each), and :func:`permutation_p` is ``scipy.stats.permutation_test`` shuffling
+runs (exact when there are fewer permutations than asked). A resample in which a statistic is
+undefined (x or y constant) gives NaN; it is skipped, and ``n_boot_used`` says how many made the
+interval. The only hand-written kernel is :func:`kendall_tau_b`, a τ-b over the last axis of arrays
+(``scipy.stats.kendalltau`` takes one pair of vectors per call, far too slow for 2,000 resamples ×
+every α × every simulation of the power analysis).
 
-**Grouped analyses** on tidy DataFrames (columns of ``results.md``):
-
-- :func:`within_run`: one correlation per run, across its α points;
-- :func:`across_runs`: one correlation per world across runs, either pooling all (run, α) points
-  (``how="pool"``, cluster bootstrap over runs) or one point per run (``how="mean"``: each run's mean
-  x and mean y; filter the table first, e.g. to α = 1, for an endpoint-only comparison);
-- :func:`combine_within` / :func:`combine_within_runs`: the within-run τ of several runs combined into
-  a mean τ with a bootstrap interval *over runs*, a sign test and a Stouffer combination of p-values.
+**Within runs** (:func:`within_run`, one correlation per run across its α points) and **combined over
+runs** (:func:`combine_within`: mean τ with a bootstrap interval *over runs*, a sign test and a
+Stouffer combination of p-values).
 
 **Why Stouffer and not Fisher.** Fisher's method combines two-sided p-values and so rewards strong
 correlations of *either* sign: three runs with τ = +0.9, −0.9, +0.9 would look "significant". The
@@ -33,6 +32,12 @@ The sign test (binomial test on how many runs have τ > 0) is reported as well, 
 cannot reach significance (3 runs: p ≥ 0.25), so ``sign_consistency`` (the share of runs agreeing
 with the majority sign) is the number to read next to it.
 
+**Across runs** (the population study, ``book/findings/f1.md``): matrices with one row per run and
+one column per α point; the same-α statistic T (:func:`same_alpha_tau`), its run-bootstrap interval
+and permutation p-value (:func:`across_run_test`), the paired contrast of two predictors
+(:func:`paired_contrast`), the partial τ given α, the AUROC for failure vs success, and the smallest
+detectable effects (:func:`mde_across_runs`, :func:`mde_mean`).
+
 Example:
     >>> r = correlate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [3, 5, 4, 6, 8, 9], n_boot=200)
     >>> round(r["kendall_tau"], 3), round(r["spearman_rho"], 3)
@@ -43,7 +48,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, Sequence
+import itertools
+import warnings
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,14 +61,14 @@ from rftlib.errors import ParameterError
 __all__ = [
     "COEFFICIENTS",
     "check_pairs",
+    "kendall_tau_b",
+    "bootstrap_replicates",
+    "percentile_interval",
+    "permutation_p",
     "correlate",
-    "correlate_by",
     "within_run",
-    "across_runs",
     "combine_within",
-    "combine_within_runs",
     "bootstrap_mean_ci",
-    "cluster_indices",
     "same_alpha_tau",
     "across_run_test",
     "paired_contrast",
@@ -74,12 +81,8 @@ __all__ = [
 
 #: The three coefficients and the key under which :func:`correlate` reports each.
 COEFFICIENTS: dict[str, str] = {"kendall": "kendall_tau", "spearman": "spearman_rho", "pearson": "pearson_r"}
-
-# Above this many pairs per resample (n ≈ 90), Kendall's τ is bootstrapped with scipy (O(n log n)) rather
-# than the vectorized O(n²) pair comparison.
-_MAX_VECTOR_PAIRS = 4_000
-# Elements per vectorized chunk (bounds memory to a few tens of MB).
-_CHUNK_ELEMENTS = 4_000_000
+#: Permutations per batch of :func:`permutation_p` (bounds the memory of the pair comparisons).
+_PERM_BATCH = 250
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,41 +135,25 @@ def _check_boot(n_boot: int, ci: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# vectorized coefficients on rows of resamples (B, n)
+# the kernel, and scipy's resampling
 # ----------------------------------------------------------------------------------------------
 
-def _pearson_rows(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    xc = X - X.mean(axis=1, keepdims=True)
-    yc = Y - Y.mean(axis=1, keepdims=True)
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall τ-b over the last axis (arrays broadcast): (concordant − discordant) / √(untied_x · untied_y).
+
+    NaN where x or y is constant. The same number as ``scipy.stats.kendalltau(variant="b")``, for a
+    whole stack of resamples at once.
+
+    Example:
+        >>> kendall_tau_b(np.array([[1, 2, 3, 4], [1, 2, 3, 4]]), np.array([[1, 3, 2, 4], [4, 3, 2, 1]]))
+        array([ 0.66666667, -1.        ])
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    i, j = np.triu_indices(x.shape[-1], 1)
+    dx, dy = np.sign(x[..., i] - x[..., j]), np.sign(y[..., i] - y[..., j])
+    den = np.sqrt(np.count_nonzero(dx, axis=-1).astype(np.float64) * np.count_nonzero(dy, axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
-    return np.clip(r, -1.0, 1.0)
-
-
-def _spearman_rows(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    return _pearson_rows(sps.rankdata(X, axis=1), sps.rankdata(Y, axis=1))
-
-
-def _kendall_rows(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """τ-b per row: (concordant − discordant) / sqrt((pairs untied in x)·(pairs untied in y))."""
-    B, n = X.shape
-    i, j = np.triu_indices(n, 1)
-    n_pairs = i.size
-    if n_pairs > _MAX_VECTOR_PAIRS:
-        return np.array([sps.kendalltau(X[b], Y[b], variant="b").statistic for b in range(B)])
-    out = np.empty(B)
-    step = max(1, _CHUNK_ELEMENTS // max(n_pairs, 1))
-    for s in range(0, B, step):
-        dx = np.sign(X[s:s + step, i] - X[s:s + step, j])
-        dy = np.sign(Y[s:s + step, i] - Y[s:s + step, j])
-        num = (dx * dy).sum(axis=1)
-        den = np.sqrt(np.count_nonzero(dx, axis=1).astype(float) * np.count_nonzero(dy, axis=1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + step] = num / den
-    return np.clip(out, -1.0, 1.0)
-
-
-_ROW_FUNCS = {"kendall": _kendall_rows, "spearman": _spearman_rows, "pearson": _pearson_rows}
+        return np.clip((dx * dy).sum(axis=-1) / den, -1.0, 1.0)
 
 
 def _snap(v: np.ndarray | float) -> np.ndarray | float:
@@ -176,34 +163,101 @@ def _snap(v: np.ndarray | float) -> np.ndarray | float:
     return float(a) if a.ndim == 0 else a
 
 
+def _members(clusters: Any | None, n: int) -> list[np.ndarray] | None:
+    """The runs of each cluster (``None``: every run its own cluster)."""
+    if clusters is None:
+        return None
+    labels = np.asarray(clusters)
+    if labels.shape != (n,):
+        raise ParameterError(f"clusters has {labels.size} labels for {n} points; give one label per point (run).")
+    return [np.flatnonzero(labels == u) for u in pd.unique(labels)]
+
+
+def bootstrap_replicates(statistic: Callable[[np.ndarray], Any], n: int, n_boot: int, seed: int = 0,
+                         clusters: Any | None = None) -> np.ndarray:
+    """``statistic(idx)`` on ``n_boot`` bootstrap resamples of ``n`` units, drawn by ``scipy.stats.bootstrap``.
+
+    ``idx`` is the index array of one resample (``n`` indices; with ``clusters``, one label per unit,
+    all the units of the drawn clusters). The statistic may return a vector (the result is then
+    ``(len, n_boot)``) or NaN where it is undefined. Fewer than 2 units (or clusters): all NaN.
+
+    Example:
+        >>> boot = bootstrap_replicates(lambda i: np.mean(i), 4, n_boot=3, clusters=["a", "a", "b", "b"])
+        >>> boot.shape, set(boot) <= {0.5, 1.5, 2.5}
+        ((3,), True)
+    """
+    members = _members(clusters, n)
+    k = n if members is None else len(members)
+    if n_boot == 0:
+        return np.empty(0)
+    if k < 2:
+        return np.full(n_boot, np.nan)
+    stat = statistic if members is None else (lambda d: statistic(np.concatenate([members[c] for c in d])))
+    with warnings.catch_warnings():  # NaN replicates make scipy's own interval NaN; ours skips them
+        warnings.simplefilter("ignore")
+        res = sps.bootstrap((np.arange(k),), stat, n_resamples=n_boot, vectorized=False, method="percentile", rng=seed)
+    return np.asarray(res.bootstrap_distribution, dtype=np.float64)
+
+
+def percentile_interval(boot: Any, ci: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates, NaN ones skipped (NaN, NaN when none is finite).
+
+    Example:
+        >>> percentile_interval([1.0, 2.0, 3.0, float("nan")], ci=0.5)
+        (1.5, 2.5)
+    """
+    b = np.asarray(boot, dtype=np.float64)
+    b = b[np.isfinite(b)]
+    if b.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(b, [(1.0 - ci) / 2.0, 1.0 - (1.0 - ci) / 2.0])
+    return float(lo), float(hi)
+
+
+def permutation_p(statistic: Callable[[np.ndarray], Any], n: int, n_perm: int,
+                  seed: int = 0) -> tuple[float, float, np.ndarray]:
+    """Two-sided permutation test of ``statistic(idx)`` over orders of ``n`` runs (``scipy.stats.permutation_test``).
+
+    ``statistic`` takes index arrays ``(..., n)`` (the identity for the observed value, permutations
+    for the null; vectorized). Exact when ``n!`` ≤ ``n_perm``. Returns ``(observed, p_value, null)``;
+    the p-value is NaN when the observed statistic is.
+
+    Example:
+        >>> x = np.arange(8.0)
+        >>> t, p, null = permutation_p(lambda i: kendall_tau_b(x[i], x), 8, n_perm=199)
+        >>> t, p, null.size   # the smallest two-sided p of 199 permutations: 2 · 1/200
+        (1.0, 0.01, 199)
+    """
+    res = sps.permutation_test((np.arange(n),), lambda i, axis=-1: statistic(i), permutation_type="pairings",
+                               vectorized=True, n_resamples=n_perm, batch=_PERM_BATCH, rng=seed)
+    t = float(res.statistic)
+    return t, float(res.pvalue) if np.isfinite(t) else float("nan"), np.asarray(res.null_distribution)
+
+
+# ----------------------------------------------------------------------------------------------
+# correlations of paired samples; within runs; combined over runs
+# ----------------------------------------------------------------------------------------------
+
 def _point(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Point estimates and two-sided p-values from scipy; NaN when x or y is constant."""
     out: dict[str, float] = {}
     constant = np.ptp(x) == 0 or np.ptp(y) == 0
-    tests = {
-        "kendall": lambda: sps.kendalltau(x, y, variant="b"),
-        "spearman": lambda: sps.spearmanr(x, y),
-        "pearson": lambda: sps.pearsonr(x, y),
-    }
+    tests = {"kendall": lambda: sps.kendalltau(x, y, variant="b"), "spearman": lambda: sps.spearmanr(x, y),
+             "pearson": lambda: sps.pearsonr(x, y)}
     for name, key in COEFFICIENTS.items():
-        if constant:
-            out[key], out[f"{name}_p"] = float("nan"), float("nan")
-        else:
-            res = tests[name]()
-            out[key], out[f"{name}_p"] = _snap(float(res.statistic)), float(res.pvalue)
+        res = None if constant else tests[name]()
+        out[key] = float("nan") if res is None else _snap(float(res.statistic))
+        out[f"{name}_p"] = float("nan") if res is None else float(res.pvalue)
     return out
 
 
-def _percentile(vals: np.ndarray, ci: float) -> tuple[float, float]:
-    if vals.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [(1.0 - ci) / 2.0, 1.0 - (1.0 - ci) / 2.0])
-    return float(lo), float(hi)
+def _coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """τ-b, ρ and r of one resample (NaN when x or y is constant)."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return np.full(3, np.nan)
+    rho = np.corrcoef(sps.rankdata(x), sps.rankdata(y))[0, 1]
+    return _snap(np.array([kendall_tau_b(x, y), rho, np.corrcoef(x, y)[0, 1]]))
 
-
-# ----------------------------------------------------------------------------------------------
-# public API
-# ----------------------------------------------------------------------------------------------
 
 def correlate(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
               groups: Any | None = None) -> dict[str, Any]:
@@ -212,18 +266,16 @@ def correlate(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.9
     Args:
         x, y: paired 1-D samples (at least 3 points, finite).
         n_boot: bootstrap resamples (0 = no interval: ``*_ci_low``/``*_ci_high`` are NaN).
-        seed: seed of the ``numpy.random.Generator`` drawing the resamples.
+        seed: seed of the resampling (:func:`bootstrap_replicates`).
         ci: confidence level of the percentile interval.
-        groups: optional group label per point (e.g. the run). When given, whole groups are resampled
-            (cluster bootstrap), which respects the dependence of points within a group. Needs at least
-            2 groups. The p-values are scipy's and still treat points as independent.
+        groups: optional group label per point (e.g. the run); whole groups are resampled (cluster
+            bootstrap). Needs at least 2 groups. The p-values are scipy's and treat points as independent.
 
     Returns:
         A flat dict: ``n``; for each coefficient ``kendall_tau``/``spearman_rho``/``pearson_r``, its
         ``<name>_p`` (two-sided), ``<name>_ci_low`` and ``<name>_ci_high``; and ``ci``, ``n_boot``,
         ``n_boot_used`` (resamples where neither x nor y was constant), ``bootstrap``
-        (``"pairs"``/``"groups"``/``"none"``). When x or y is constant overall every coefficient is NaN
-        (it is undefined) and ``n_boot_used`` is 0.
+        (``"pairs"``/``"groups"``/``"none"``). When x or y is constant every coefficient is NaN.
 
     Raises:
         ParameterError: length mismatch, fewer than 3 points, NaN/inf, bad ``n_boot``/``ci``/``groups``.
@@ -239,106 +291,27 @@ def correlate(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.9
     """
     x, y = check_pairs(x, y)
     _check_boot(n_boot, ci)
-    n = x.size
-    out: dict[str, Any] = {"n": int(n)}
-    out.update(_point(x, y))
+    if groups is not None and len(_members(groups, x.size)) < 2:
+        raise ParameterError("groups has 1 distinct label; a cluster bootstrap needs at least 2. "
+                             "Use groups=None to resample pairs.")
+    out: dict[str, Any] = {"n": int(x.size), **_point(x, y)}
     constant = np.ptp(x) == 0 or np.ptp(y) == 0
-
-    mode = "none" if n_boot == 0 else "pairs"
-    boot: dict[str, np.ndarray] = {name: np.empty(0) for name in COEFFICIENTS}
-    used = 0
-    if n_boot > 0 and not constant:
-        rng = np.random.default_rng(seed)
-        if groups is None:
-            idx = rng.integers(0, n, size=(n_boot, n))
-            X, Y = x[idx], y[idx]
-            ok = (np.ptp(X, axis=1) > 0) & (np.ptp(Y, axis=1) > 0)
-            X, Y = X[ok], Y[ok]
-            used = int(ok.sum())
-            if used:
-                boot = {name: _snap(f(X, Y)) for name, f in _ROW_FUNCS.items()}
-        else:
-            mode = "groups"
-            g = np.asarray(groups)
-            if g.ndim != 1 or g.size != n:
-                raise ParameterError(f"groups must give one label per point ({n}); got shape {g.shape}.")
-            _, inverse = np.unique(g, return_inverse=True)
-            members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
-            if len(members) < 2:
-                raise ParameterError(
-                    f"groups has {len(members)} distinct label; a cluster bootstrap needs at least 2. "
-                    "Use groups=None to resample pairs."
-                )
-            vals: dict[str, list[float]] = {name: [] for name in COEFFICIENTS}
-            picks = rng.integers(0, len(members), size=(n_boot, len(members)))
-            for row in picks:
-                ix = np.concatenate([members[k] for k in row])
-                xb, yb = x[ix], y[ix]
-                if np.ptp(xb) == 0 or np.ptp(yb) == 0 or ix.size < 3:
-                    continue
-                used += 1
-                for name, f in _ROW_FUNCS.items():
-                    vals[name].append(float(f(xb[None], yb[None])[0]))
-            boot = {name: _snap(np.asarray(v)) for name, v in vals.items()}
-    for name in COEFFICIENTS:
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _percentile(boot[name], ci)
-    out.update({"ci": float(ci), "n_boot": int(n_boot), "n_boot_used": used, "bootstrap": mode})
-    return out
-
-
-def _check_columns(df: pd.DataFrame, cols: Iterable[str], what: str = "df") -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise ParameterError(f"{what} must be a pandas DataFrame; got {type(df).__name__}.")
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ParameterError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}.")
-
-
-def _groups(df: pd.DataFrame, by: Sequence[str]) -> Iterable[tuple[dict[str, Any], pd.DataFrame]]:
-    if not by:
-        yield {}, df
-        return
-    for key, sub in df.groupby(list(by), sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        yield dict(zip(by, key)), sub
-
-
-def _label(key: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in key.items()) or "all rows"
-
-
-def correlate_by(df: pd.DataFrame, x: str, y: str, by: Sequence[str] = ("world", "run"),
-                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
-    """:func:`correlate` of columns ``x`` and ``y`` within each group of ``by``; one row per group.
-
-    Each group uses the same ``seed``, so a group's result does not depend on which other groups exist.
-
-    Example:
-        >>> df = pd.DataFrame({"run": ["a"] * 4 + ["b"] * 4, "s": [1, 2, 3, 4] * 2,
-        ...                    "acc": [1, 2, 3, 4, 4, 3, 2, 1]})
-        >>> correlate_by(df, "s", "acc", by=["run"], n_boot=0)[["run", "n", "kendall_tau"]]
-          run  n  kendall_tau
-        0   a  4          1.0
-        1   b  4         -1.0
-    """
-    by = [by] if isinstance(by, str) else list(by)
-    _check_columns(df, [*by, x, y])
-    rows = []
-    for key, sub in _groups(df, by):
-        try:
-            res = correlate(sub[x].to_numpy(), sub[y].to_numpy(), n_boot=n_boot, seed=seed, ci=ci)
-        except ParameterError as e:
-            raise ParameterError(f"group {_label(key)} ({x!r} vs {y!r}): {e}") from None
-        rows.append({**key, "x": x, "y": y, **res})
-    return pd.DataFrame(rows)
+    boot = np.full((3, 0), np.nan)
+    if n_boot and not constant:
+        boot = bootstrap_replicates(lambda i: _coefficients(x[i], y[i]), x.size, n_boot, seed, groups)
+    for k, name in enumerate(COEFFICIENTS):
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = percentile_interval(boot[k], ci)
+    mode = "none" if n_boot == 0 else "pairs" if groups is None else "groups"
+    used = int(np.isfinite(boot[0]).sum())
+    return {**out, "ci": float(ci), "n_boot": int(n_boot), "n_boot_used": used, "bootstrap": mode}
 
 
 def within_run(df: pd.DataFrame, x: str, y: str, by: Sequence[str] = ("world", "run"),
                n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
-    """Within-run correlation: for each (world, run), across that run's α points.
+    """Within-run correlation: :func:`correlate` of columns ``x`` and ``y`` in each group of ``by``.
 
     The table should hold one row per α of each run (e.g. sharpness of one layer, kind, norm, ρ
-    against OOD accuracy); filter it first. Same as :func:`correlate_by` with ``by=("world", "run")``.
+    against OOD accuracy); filter it first. Every group uses the same ``seed``.
 
     Example:
         >>> df = pd.DataFrame({"world": "w", "run": ["a"] * 3 + ["b"] * 3,
@@ -346,61 +319,26 @@ def within_run(df: pd.DataFrame, x: str, y: str, by: Sequence[str] = ("world", "
         >>> within_run(df, "s", "acc", n_boot=0)["kendall_tau"].round(3).tolist()
         [-1.0, 0.333]
     """
-    if isinstance(df, pd.DataFrame) and "alpha" in df.columns:
-        by_l = [by] if isinstance(by, str) else list(by)
-        _check_columns(df, by_l)
-        dup = df.duplicated([*by_l, "alpha"])
-        if dup.any():
-            r = df[dup].iloc[0]
-            raise ParameterError(
-                f"several rows share {', '.join(f'{c}={r[c]!r}' for c in [*by_l, 'alpha'])}; within-run "
-                "correlation needs one row per alpha. Filter the table to one layer/split/kind/norm/rho first."
-            )
-    return correlate_by(df, x, y, by=by, n_boot=n_boot, seed=seed, ci=ci)
-
-
-def across_runs(df: pd.DataFrame, x: str, y: str, run: str = "run", by: Sequence[str] = ("world",),
-                how: Literal["pool", "mean"] = "pool", n_boot: int = 1000, seed: int = 0,
-                ci: float = 0.95) -> pd.DataFrame:
-    """Across-run correlation, one row per group of ``by`` (default: per world).
-
-    Args:
-        how: ``"pool"`` correlates all (run, α) points together and bootstraps by resampling whole
-            runs (points of one run are dependent); needs >= 2 runs. ``"mean"`` reduces each run to one
-            point (mean of ``x`` and of ``y`` over its rows) and bootstraps those points; needs >= 3
-            runs. For endpoint-only comparisons filter the table (e.g. ``alpha == 1``) first.
-
-    Example:
-        >>> df = pd.DataFrame({"world": "w", "run": list("aabbcc"), "s": [1, 2, 3, 4, 5, 6],
-        ...                    "acc": [6, 5, 4, 3, 2, 1]})
-        >>> across_runs(df, "s", "acc", how="mean", n_boot=0)[["world", "n_runs", "kendall_tau"]]
-          world  n_runs  kendall_tau
-        0     w       3         -1.0
-    """
-    if how not in ("pool", "mean"):
-        raise ParameterError(f"how={how!r} must be 'pool' (all points, bootstrap over runs) or 'mean' (one point per run).")
     by = [by] if isinstance(by, str) else list(by)
-    _check_columns(df, [*by, run, x, y])
+    if not isinstance(df, pd.DataFrame):
+        raise ParameterError(f"df must be a pandas DataFrame; got {type(df).__name__}.")
+    missing = [c for c in [*by, x, y] if c not in df.columns]
+    if missing:
+        raise ParameterError(f"df lacks column(s) {missing}; it has {list(df.columns)}.")
+    dup = df.duplicated([*by, "alpha"]) if "alpha" in df.columns else pd.Series(False, index=df.index)
+    if dup.any():
+        r = df[dup].iloc[0]
+        raise ParameterError(
+            f"several rows share {', '.join(f'{c}={r[c]!r}' for c in [*by, 'alpha'])}; within-run "
+            "correlation needs one row per alpha. Filter the table to one layer/split/kind/norm/rho first.")
     rows = []
-    for key, sub in _groups(df, by):
-        n_runs = int(sub[run].nunique())
+    for key, sub in df.groupby(by, sort=True, dropna=False):
         try:
-            if how == "pool":
-                if n_runs < 2:
-                    raise ParameterError(
-                        f"only {n_runs} run; pooling across runs needs at least 2 (use within_run for one run)."
-                    )
-                res = correlate(sub[x].to_numpy(), sub[y].to_numpy(), n_boot=n_boot, seed=seed, ci=ci,
-                                groups=sub[run].astype(str).to_numpy())
-            else:
-                _check_columns(sub, [x, y])
-                for c in (x, y):
-                    _as_vector(sub[c].to_numpy(), c)
-                means = sub.groupby(run, sort=True)[[x, y]].mean()
-                res = correlate(means[x].to_numpy(), means[y].to_numpy(), n_boot=n_boot, seed=seed, ci=ci)
+            res = correlate(sub[x].to_numpy(), sub[y].to_numpy(), n_boot=n_boot, seed=seed, ci=ci)
         except ParameterError as e:
-            raise ParameterError(f"group {_label(key)} ({x!r} vs {y!r}, how={how!r}): {e}") from None
-        rows.append({**key, "x": x, "y": y, "how": how, "n_runs": n_runs, **res})
+            label = ", ".join(f"{k}={v!r}" for k, v in zip(by, key))
+            raise ParameterError(f"group {label} ({x!r} vs {y!r}): {e}") from None
+        rows.append({**dict(zip(by, key)), "x": x, "y": y, **res})
     return pd.DataFrame(rows)
 
 
@@ -425,8 +363,7 @@ def combine_within(taus: Any, p_values: Any, n_boot: int = 1000, seed: int = 0,
         >>> abs(c["stouffer_z"]) < 1e-9, c["sign_consistency"]
         (True, 0.5)
     """
-    t = np.asarray(taus, dtype=np.float64).ravel()
-    p = np.asarray(p_values, dtype=np.float64).ravel()
+    t, p = np.asarray(taus, dtype=np.float64).ravel(), np.asarray(p_values, dtype=np.float64).ravel()
     if t.shape != p.shape:
         raise ParameterError(f"taus and p_values differ in length ({t.size} vs {p.size}); give one of each per run.")
     if t.size == 0:
@@ -437,92 +374,47 @@ def combine_within(taus: Any, p_values: Any, n_boot: int = 1000, seed: int = 0,
         raise ParameterError("p_values has NaN/inf where the coefficient is finite; every used run needs a p-value.")
     if np.any(keep & ((p < 0) | (p > 1))):
         raise ParameterError(f"p_values must lie in [0, 1]; got {p[keep].tolist()}.")
-    t, p = t[keep], p[keep]
-    k = t.size
-    out: dict[str, Any] = {"n_runs": int(keep.size), "n_runs_used": int(k)}
+    t, p, k = t[keep], p[keep], int(keep.sum())
+    out: dict[str, Any] = {"n_runs": int(keep.size), "n_runs_used": k}
     if k == 0:
-        return {**out, "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pos": 0, "n_neg": 0,
-                "sign_consistency": np.nan, "sign_test_p": np.nan, "stouffer_z": np.nan, "stouffer_p": np.nan}
+        return {**out, **dict.fromkeys(("mean", "ci_low", "ci_high"), np.nan), "n_pos": 0, "n_neg": 0,
+                **dict.fromkeys(("sign_consistency", "sign_test_p", "stouffer_z", "stouffer_p"), np.nan)}
     out["mean"] = float(t.mean())
-    if k >= 2 and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        means = t[rng.integers(0, k, size=(n_boot, k))].mean(axis=1)
-        out["ci_low"], out["ci_high"] = _percentile(means, ci)
-    else:
-        out["ci_low"], out["ci_high"] = float("nan"), float("nan")
+    out["ci_low"], out["ci_high"] = percentile_interval(bootstrap_replicates(lambda i: t[i].mean(), k, n_boot, seed), ci)
     n_pos, n_neg = int((t > 0).sum()), int((t < 0).sum())
-    out["n_pos"], out["n_neg"] = n_pos, n_neg
-    out["sign_consistency"] = max(n_pos, n_neg) / k
-    out["sign_test_p"] = float(sps.binomtest(n_pos, n_pos + n_neg, 0.5).pvalue) if n_pos + n_neg else 1.0
+    out.update(n_pos=n_pos, n_neg=n_neg, sign_consistency=max(n_pos, n_neg) / k,
+               sign_test_p=float(sps.binomtest(n_pos, n_pos + n_neg, 0.5).pvalue) if n_pos + n_neg else 1.0)
     # one-sided p-values for a positive association, then Stouffer; clipped away from 0 and 1
-    p_pos = np.where(t > 0, p / 2.0, np.where(t < 0, 1.0 - p / 2.0, 0.5))
-    p_pos = np.clip(p_pos, 1e-300, 1.0 - 1e-16)
+    p_pos = np.clip(np.where(t > 0, p / 2.0, np.where(t < 0, 1.0 - p / 2.0, 0.5)), 1e-300, 1.0 - 1e-16)
     z = float(sps.combine_pvalues(p_pos, method="stouffer").statistic) + 0.0  # no "-0.0"
-    out["stouffer_z"] = z
-    out["stouffer_p"] = float(min(1.0, 2.0 * sps.norm.sf(abs(z))))
-    return out
-
-
-def combine_within_runs(per_run: pd.DataFrame, coefficient: Literal["kendall", "spearman", "pearson"] = "kendall",
-                        by: Sequence[str] = ("world",), n_boot: int = 1000, seed: int = 0,
-                        ci: float = 0.95) -> pd.DataFrame:
-    """Apply :func:`combine_within` to a :func:`within_run` table, one row per group of ``by``.
-
-    Example:
-        >>> df = pd.DataFrame({"world": "w", "run": list("aaabbbccc"), "s": [1, 2, 3] * 3,
-        ...                    "acc": [1, 2, 3, 1, 3, 2, 2, 1, 3]})
-        >>> per_run = within_run(df, "s", "acc", n_boot=0)
-        >>> out = combine_within_runs(per_run, n_boot=0)
-        >>> out[["world", "n_runs", "n_pos", "n_neg"]].values.tolist()
-        [['w', 3, 3, 0]]
-    """
-    if coefficient not in COEFFICIENTS:
-        raise ParameterError(f"coefficient={coefficient!r} must be one of {list(COEFFICIENTS)}.")
-    key, pkey = COEFFICIENTS[coefficient], f"{coefficient}_p"
-    by = [by] if isinstance(by, str) else list(by)
-    _check_columns(per_run, [*by, key, pkey], what="per_run")
-    rows = []
-    for g, sub in _groups(per_run, by):
-        try:
-            res = combine_within(sub[key].to_numpy(), sub[pkey].to_numpy(), n_boot=n_boot, seed=seed, ci=ci)
-        except ParameterError as e:
-            raise ParameterError(f"group {_label(g)}: {e}") from None
-        extra = {c: sub[c].iloc[0] for c in ("x", "y") if c in sub.columns and sub[c].nunique() == 1}
-        rows.append({**g, **extra, "coefficient": coefficient, **res})
-    return pd.DataFrame(rows)
+    return {**out, "stouffer_z": z, "stouffer_p": float(min(1.0, 2.0 * sps.norm.sf(abs(z))))}
 
 
 def bootstrap_mean_ci(x: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``x`` (NaN, NaN for an empty ``x``).
+    """Percentile bootstrap interval of the mean of ``x`` (``scipy.stats.bootstrap``; NaN, NaN for an empty ``x``).
 
     Example:
         >>> bootstrap_mean_ci([0.5, 0.5, 0.5], n_boot=100)
         (0.5, 0.5)
     """
     a = np.asarray(x, dtype=np.float64).ravel()
-    if a.size == 0:
-        return float("nan"), float("nan")
+    if a.size <= 1:  # nothing to resample: the interval of one value is that value
+        return (float("nan"), float("nan")) if a.size == 0 else (float(a[0]), float(a[0]))
     _check_boot(n_boot, ci)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(a, size=(n_boot, a.size), replace=True).mean(axis=1)
-    return _percentile(means, ci)
+    return percentile_interval(bootstrap_replicates(lambda i: a[i].mean(), a.size, n_boot, seed), ci)
 
 
 # ----------------------------------------------------------------------------------------------
-# the run population: clustered bootstrap, the same-α statistic, contrasts, AUROC, power
+# the run population: the same-α statistic, contrasts, partial τ, AUROC, power
 # ----------------------------------------------------------------------------------------------
 #
 # These work on matrices with one row per run and one column per α point (``X``: sharpness, ``Y``:
 # OOD accuracy). Runs are the resampling unit; ``clusters`` (one label per run, e.g. the recipe)
-# makes the bootstrap draw whole clusters, so seeds of one recipe stay together. scipy's
-# ``scipy.stats.bootstrap`` has no clustered resampling, so the resamples are drawn here (seeded
-# ``numpy.random.Generator``), and the same index rows serve every statistic of one comparison
-# (a *paired* bootstrap).
+# makes the bootstrap draw whole clusters, so seeds of one recipe stay together.
 
 def _as_matrix(v: Any, name: str) -> np.ndarray:
     a = np.asarray(v, dtype=np.float64)
-    if a.ndim == 1:
-        a = a[:, None]
+    a = a[:, None] if a.ndim == 1 else a
     if a.ndim != 2:
         raise ParameterError(f"{name} must be a runs × α matrix (or one value per run); got shape {a.shape}.")
     return a
@@ -539,55 +431,12 @@ def _check_matrices(X: Any, Y: Any, min_runs: int = 3) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def cluster_indices(clusters: Any | None, n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Bootstrap resamples of ``n`` runs as index rows ``(n_boot, n')``, drawing whole clusters.
-
-    ``clusters`` gives one label per run (``None``: each run its own cluster, the plain bootstrap).
-    A resample draws as many clusters as there are, with replacement, and takes every run of each;
-    with equal cluster sizes every row has ``n`` indices (unequal sizes are padded by repeating a
-    drawn run, which keeps rows rectangular; the pad is a draw from the resample itself).
-
-    Example:
-        >>> idx = cluster_indices(["a", "a", "b", "b"], 4, n_boot=3, seed=0)
-        >>> idx.shape, all(set(r[:2]) in ({0, 1}, {2, 3}) for r in idx)
-        ((3, 4), True)
-    """
-    if clusters is None:
-        return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    labels = np.asarray(clusters)
-    if labels.shape != (n,):
-        raise ParameterError(f"clusters has {labels.size} labels for {n} runs; give one label per run.")
-    _, inv = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inv == k) for k in range(inv.max() + 1)]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(members), size=(n_boot, len(members)))
-    rows = []
-    for d in draws:
-        r = np.concatenate([members[k] for k in d])
-        r = r[:n] if r.size >= n else np.concatenate([r, rng.choice(r, n - r.size)])
-        rows.append(r)
-    return np.asarray(rows, dtype=np.int64)
-
-
-def _same_alpha_rows(X: np.ndarray, Y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """T for each index row: mean over α columns of the across-run τ-b (NaN columns skipped)."""
-    taus = np.stack([_kendall_rows(X[idx, j], Y[idx, j]) for j in range(X.shape[1])], axis=1)
-    with np.errstate(invalid="ignore"), _quiet():
-        return np.nanmean(taus, axis=1)
-
-
-class _quiet:
-    """Silence numpy's 'Mean of empty slice' for all-NaN rows (they give NaN, which is meant)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+def _T(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """T over stacks: ``x``, ``y`` are ``(..., runs, α)``; the mean over α of the across-run τ-b (NaN columns skipped)."""
+    taus = kendall_tau_b(np.swapaxes(x, -1, -2), np.swapaxes(y, -1, -2))
+    with warnings.catch_warnings():  # all-NaN rows give NaN, which is meant
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._w.__exit__(*exc)
+        return np.nanmean(taus, axis=-1)
 
 
 def same_alpha_tau(X: Any, Y: Any) -> float:
@@ -604,49 +453,33 @@ def same_alpha_tau(X: Any, Y: Any) -> float:
         -1.0
     """
     x, y = _check_matrices(X, Y)
-    return float(_snap(_same_alpha_rows(x, y, np.arange(x.shape[0])[None, :])[0]))
-
-
-def _perm_rows(n: int, n_perm: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed + 7919)
-    return np.argsort(rng.random((n_perm, n)), axis=1)
+    return float(_snap(_T(x, y)))
 
 
 def across_run_test(X: Any, Y: Any, clusters: Any | None = None, n_boot: int = 2000, n_perm: int = 1999,
                     seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
     """T (:func:`same_alpha_tau`) with a run-bootstrap interval and a permutation p-value.
 
-    The p-value is two-sided: the share of run permutations (one permutation of X's rows for every
-    α, so each run's path stays whole) with |T| at least the observed |T| (with the +1 correction).
-    One column (e.g. sharpness at θ_ft against the OOD gain) gives a plain across-run τ.
+    The p-value is scipy's two-sided permutation test (:func:`permutation_p`) shuffling runs, one
+    permutation for every α, so each run's path stays whole. One column (e.g. sharpness at θ_ft
+    against the OOD gain) gives a plain across-run τ.
 
     Returns:
-        dict with ``value``, ``ci_low``, ``ci_high``, ``p_value``, ``n_runs``, ``n_alpha`` (columns
-        used), ``boot`` (the bootstrap replicates, for paired contrasts) and ``null`` (|T| under
-        permutation, for power).
+        dict with ``value``, ``ci_low``, ``ci_high``, ``p_value``, ``n_runs``, ``n_alpha`` (columns used).
 
     Example:
-        >>> import numpy as np
         >>> x = np.arange(12.0)
-        >>> r = across_run_test(x, x ** 2, n_boot=200, n_perm=199)
+        >>> r = across_run_test(x, x ** 2, n_boot=200, n_perm=999)
         >>> r["value"], r["p_value"] < 0.01, r["ci_low"] > 0.5
         (1.0, True, True)
     """
     x, y = _check_matrices(X, Y)
     _check_boot(n_boot, ci)
     n = x.shape[0]
-    value = _snap(_same_alpha_rows(x, y, np.arange(n)[None, :])[0])
-    boot = _same_alpha_rows(x, y, cluster_indices(clusters, n, n_boot, seed)) if n_boot else np.empty(0)
-    perms = _perm_rows(n, n_perm, seed)
-    taus = np.stack([_kendall_rows(x[perms, j], np.broadcast_to(y[:, j], (n_perm, n)))
-                     for j in range(x.shape[1])], axis=1)
-    with _quiet():
-        null = np.abs(np.nanmean(taus, axis=1))
-    p = float((1 + np.sum(null >= abs(value) - 1e-12)) / (1 + n_perm)) if np.isfinite(value) else float("nan")
-    lo, hi = _percentile(boot[np.isfinite(boot)], ci)
-    n_alpha = int(sum(np.ptp(x[:, j]) > 0 and np.ptp(y[:, j]) > 0 for j in range(x.shape[1])))
-    return {"value": float(value), "ci_low": lo, "ci_high": hi, "p_value": p, "n_runs": int(n),
-            "n_alpha": n_alpha, "boot": boot, "null": null}
+    value, p, _ = permutation_p(lambda i: _T(x[i], y), n, n_perm, seed + 1)
+    lo, hi = percentile_interval(bootstrap_replicates(lambda i: _T(x[i], y[i]), n, n_boot, seed, clusters), ci)
+    n_alpha = int(np.sum((np.ptp(x, axis=0) > 0) & (np.ptp(y, axis=0) > 0)))
+    return {"value": float(_snap(value)), "ci_low": lo, "ci_high": hi, "p_value": p, "n_runs": int(n), "n_alpha": n_alpha}
 
 
 def paired_contrast(X_a: Any, X_b: Any, Y: Any, clusters: Any | None = None, n_boot: int = 2000,
@@ -657,7 +490,6 @@ def paired_contrast(X_a: Any, X_b: Any, Y: Any, clusters: Any | None = None, n_b
     straggler layers, ``X_a``, against the whole model, ``X_b``).
 
     Example:
-        >>> import numpy as np
         >>> y = np.arange(10.0)
         >>> d = paired_contrast(y, np.random.default_rng(0).random(10), y, n_boot=300)
         >>> d["value"] > 0.5, d["ci_low"] > 0
@@ -666,13 +498,10 @@ def paired_contrast(X_a: Any, X_b: Any, Y: Any, clusters: Any | None = None, n_b
     xa, y = _check_matrices(X_a, Y)
     xb, _ = _check_matrices(X_b, Y)
     _check_boot(n_boot, ci)
+    delta = lambda i: abs(_snap(_T(xa[i], y[i]))) - abs(_snap(_T(xb[i], y[i])))  # noqa: E731
     n = y.shape[0]
-    full = np.arange(n)[None, :]
-    value = abs(_snap(_same_alpha_rows(xa, y, full)[0])) - abs(_snap(_same_alpha_rows(xb, y, full)[0]))
-    idx = cluster_indices(clusters, n, n_boot, seed)
-    boot = np.abs(_same_alpha_rows(xa, y, idx)) - np.abs(_same_alpha_rows(xb, y, idx))
-    lo, hi = _percentile(boot[np.isfinite(boot)], ci)
-    return {"value": float(value), "ci_low": lo, "ci_high": hi, "n_runs": int(n)}
+    lo, hi = percentile_interval(bootstrap_replicates(delta, n, n_boot, seed, clusters), ci)
+    return {"value": float(delta(np.arange(n))), "ci_low": lo, "ci_high": hi, "n_runs": int(n)}
 
 
 def partial_kendall(x: Any, y: Any, z: Any) -> float:
@@ -689,12 +518,19 @@ def partial_kendall(x: Any, y: Any, z: Any) -> float:
     """
     a, b = check_pairs(x, y)
     c, _ = check_pairs(z, y, names=("z", "y"))
-    t = {k: float(sps.kendalltau(u, v, variant="b").statistic) for k, (u, v) in
-         {"xy": (a, b), "xz": (a, c), "yz": (b, c)}.items()}
-    den = (1.0 - t["xz"] ** 2) * (1.0 - t["yz"] ** 2)
+    t_xy, t_xz, t_yz = (float(sps.kendalltau(u, v, variant="b").statistic) for u, v in ((a, b), (a, c), (b, c)))
+    den = (1.0 - t_xz ** 2) * (1.0 - t_yz ** 2)
     if not np.isfinite(den) or den <= 1e-12:
         return float("nan")
-    return float(_snap(np.clip((t["xy"] - t["xz"] * t["yz"]) / np.sqrt(den), -1.0, 1.0)))
+    return float(_snap(np.clip((t_xy - t_xz * t_yz) / np.sqrt(den), -1.0, 1.0)))
+
+
+def _auc(lab: np.ndarray, s: np.ndarray) -> float:
+    """AUROC as the Mann–Whitney U of the positives over n1·n0 (NaN with one class)."""
+    n1 = int(lab.sum())
+    if n1 == 0 or n1 == lab.size:
+        return float("nan")
+    return float((sps.rankdata(s)[lab].sum() - n1 * (n1 + 1) / 2.0) / (n1 * (lab.size - n1)))
 
 
 def auroc(labels: Any, scores: Any, clusters: Any | None = None, n_boot: int = 2000, seed: int = 0,
@@ -715,23 +551,15 @@ def auroc(labels: Any, scores: Any, clusters: Any | None = None, n_boot: int = 2
     if lab.shape != s.shape:
         raise ParameterError(f"labels ({lab.size}) and scores ({s.size}) differ in length; give one of each per run.")
     _check_boot(n_boot, ci)
+    out = {"n_runs": int(lab.size), "n_positive": int(lab.sum())}
     if lab.all() or not lab.any():
-        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_runs": int(lab.size),
-                "n_positive": int(lab.sum())}
-    idx = cluster_indices(clusters, lab.size, n_boot, seed)
-    L, S = lab[idx], s[idx]
-    n1 = L.sum(axis=1)
-    keep = (n1 > 0) & (n1 < idx.shape[1])
-    ranks = sps.rankdata(S, axis=1)  # Mann-Whitney: AUROC = (rank sum of positives − n1(n1+1)/2) / (n1·n0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = ((ranks * L).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * (idx.shape[1] - n1))
-    lo, hi = _percentile(boot[keep], ci)
-    return {"value": float(roc_auc_score(lab, s)), "ci_low": lo, "ci_high": hi, "n_runs": int(lab.size),
-            "n_positive": int(lab.sum())}
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), **out}
+    lo, hi = percentile_interval(bootstrap_replicates(lambda i: _auc(lab[i], s[i]), lab.size, n_boot, seed, clusters), ci)
+    return {"value": float(roc_auc_score(lab, s)), "ci_low": lo, "ci_high": hi, **out}
 
 
 def _zcols(a: np.ndarray) -> np.ndarray:
-    sd = a.std(axis=0, keepdims=True)
+    sd = a.std(axis=0, keepdims=True)  # a constant column (e.g. α = 0) standardizes to 0
     return np.where(sd > 0, (a - a.mean(axis=0, keepdims=True)) / np.where(sd > 0, sd, 1.0), 0.0)
 
 
@@ -741,12 +569,11 @@ def mde_across_runs(X: Any, Y: Any, power: float = 0.8, alpha: float = 0.05, n_s
 
     Each simulation keeps the observed X and replaces Y by its standardized columns with the runs
     shuffled (the observed spread, no association) plus a planted effect β·z(X). The test is the
-    permutation test of :func:`across_run_test` (p < ``alpha`` against the permutation null of the
-    observed data). Returns the mean simulated T at the smallest β on a grid whose rejection rate
-    reaches ``power``; NaN when none does (the design cannot detect any effect, e.g. too few runs).
+    permutation test of :func:`across_run_test` (its null distribution for the observed X, and
+    scipy's two-sided p-value rule, p < ``alpha``). Returns the mean simulated T at the smallest β
+    on a grid whose rejection rate reaches ``power``; NaN when none does (e.g. too few runs).
 
     Example:
-        >>> import numpy as np
         >>> rng = np.random.default_rng(1)
         >>> m30 = mde_across_runs(rng.random(30), rng.random(30), n_sim=100, n_perm=199)
         >>> m8 = mde_across_runs(rng.random(8), rng.random(8), n_sim=100, n_perm=199)
@@ -755,25 +582,21 @@ def mde_across_runs(X: Any, Y: Any, power: float = 0.8, alpha: float = 0.05, n_s
     """
     x, y = _check_matrices(X, Y)
     n = x.shape[0]
-    perms = _perm_rows(n, n_perm, seed)
-    taus = np.stack([_kendall_rows(x[perms, j], np.broadcast_to(y[:, j], (n_perm, n))) for j in range(x.shape[1])], axis=1)
-    with _quiet():
-        null = np.sort(np.abs(np.nanmean(taus, axis=1)))
+    _, _, null = permutation_p(lambda i: _T(x[i], y), n, n_perm, seed + 1)
+    null = np.sort(null)
+    adj = 0 if null.size < n_perm else 1  # scipy's +1 for a randomized (not exact) test
 
-    def rejects(t: np.ndarray) -> np.ndarray:  # across_run_test's p-value below alpha
-        n_ge = null.size - np.searchsorted(null, np.abs(t) - 1e-12, side="left")
-        return (1 + n_ge) / (1 + null.size) < alpha
-    zx, zy = _zcols(x), _zcols(y)
-    shuffles = _perm_rows(n, n_sim, seed + 1)
-    noise = zy[shuffles]  # (n_sim, n, n_alpha)
+    def rejects(t: np.ndarray) -> np.ndarray:  # scipy's two-sided rule: 2 · the smaller one-sided p
+        g = np.abs(t) * np.finfo(np.float64).eps * 100
+        less, greater = np.searchsorted(null, t + g, "right"), null.size - np.searchsorted(null, t - g, "left")
+        return np.isfinite(t) & (2 * (np.minimum(less, greater) + adj) / (null.size + adj) < alpha)
+    zx = _zcols(x)
+    rng = np.random.default_rng(seed + 2)
+    noise = _zcols(y)[rng.permuted(np.broadcast_to(np.arange(n), (n_sim, n)), axis=1)]  # (n_sim, n, n_alpha)
     for beta in np.concatenate([[0.0], np.geomspace(0.02, 50.0, 40)]):
-        ys = beta * zx[None] + noise
-        taus = np.stack([_kendall_rows(np.broadcast_to(x[:, j], (n_sim, n)), ys[:, :, j])
-                         for j in range(x.shape[1])], axis=1)
-        with _quiet():
-            stats_ = np.nanmean(taus, axis=1)
-        if np.mean(rejects(stats_)) >= power:
-            return float(np.nanmean(stats_))
+        t = _T(x, beta * zx + noise)
+        if np.mean(rejects(t)) >= power:
+            return float(np.nanmean(t))
     return float("nan")
 
 
@@ -781,12 +604,12 @@ def mde_mean(d: Any, power: float = 0.8, ci: float = 0.95, n_sim: int = 400, n_b
              seed: int = 0) -> float:
     """Smallest positive mean of ``d`` (per-run differences) whose bootstrap interval excludes 0 at ``power``.
 
-    Simulated from the observed spread: ``d`` is centred, a shift δ planted, n values redrawn with
-    replacement, and the percentile bootstrap interval of the mean computed; power = share of
-    simulations with the interval above 0. NaN when fewer than 2 values or no δ on the grid reaches it.
+    Simulated from the observed spread: ``d`` is centred, n values redrawn with replacement per
+    simulation, and the percentile interval of the mean (``scipy.stats.bootstrap``, one call for all
+    simulations) computed; a shift δ moves the interval by δ, and power is the share of simulations
+    with the shifted interval above 0. NaN when fewer than 2 values or no δ on the grid reaches it.
 
     Example:
-        >>> import numpy as np
         >>> d = np.random.default_rng(0).normal(0, 1, 20)
         >>> 0.4 < mde_mean(d, n_sim=200, n_boot=200) < 1.2
         True
@@ -795,12 +618,10 @@ def mde_mean(d: Any, power: float = 0.8, ci: float = 0.95, n_sim: int = 400, n_b
     if a.size < 2 or np.ptp(a) == 0:
         return float("nan")
     a0 = a - a.mean()
-    rng = np.random.default_rng(seed)
-    sims = a0[rng.integers(0, a.size, size=(n_sim, a.size))]
-    boot_idx = rng.integers(0, a.size, size=(n_boot, a.size))
-    lows = np.quantile(sims[:, boot_idx].mean(axis=2), (1.0 - ci) / 2.0, axis=1)  # (n_sim,)
-    scale = a0.std() if a0.std() > 0 else 1.0
-    for delta in np.geomspace(0.01, 20.0, 60) * scale:
+    sims = np.random.default_rng(seed).choice(a0, size=(n_sim, a.size))
+    lows = sps.bootstrap((sims,), np.mean, axis=-1, n_resamples=n_boot, method="percentile", confidence_level=ci,
+                         rng=seed + 1).confidence_interval.low
+    for delta in np.geomspace(0.01, 20.0, 60) * (a0.std() or 1.0):
         if np.mean(lows + delta > 0) >= power:
             return float(delta)
     return float("nan")
@@ -813,6 +634,6 @@ def mean_pairwise_jaccard(sets: Sequence[Iterable[Any]]) -> float:
         >>> round(mean_pairwise_jaccard([{"a", "b"}, {"a", "c"}, {"a", "b"}]), 4)   # (1/3 + 1 + 1/3) / 3
         0.5556
     """
-    ss = [frozenset(s) for s in sets]
-    vals = [len(a & b) / len(a | b) if a | b else 1.0 for i, a in enumerate(ss) for b in ss[i + 1:]]
+    pairs = itertools.combinations([frozenset(s) for s in sets], 2)
+    vals = [len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]
     return float(np.mean(vals)) if vals else float("nan")

@@ -61,12 +61,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from rftlib.errors import ParameterError
 
 __all__ = [
     "COLUMNS",
+    "POWER_COLUMNS",
     "CLAIM_IDS",
     "CLAIM_TEXTS",
     "VERDICTS",
@@ -81,6 +81,8 @@ __all__ = [
 
 #: The columns of ``claims.csv``, exactly and in this order (``results.md``).
 COLUMNS: tuple[str, ...] = ("claim", "world", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict")
+#: The columns of ``power.csv``: the smallest detectable effect beside a verdict resting on an absence.
+POWER_COLUMNS: tuple[str, ...] = ("claim", "world", "statistic", "mde", "n_runs")
 VERDICTS: tuple[str, ...] = ("supported", "not supported", "mixed", "untestable")
 #: Human-readable claim texts (``paper.md``); also their order in tables.
 CLAIM_TEXTS: dict[str, str] = {
@@ -361,24 +363,6 @@ class Claim:
     def to_row(self) -> dict[str, Any]:
         """The row as a dict with keys :data:`COLUMNS`."""
         return asdict(self)
-
-    @classmethod
-    def from_correlation(cls, claim: str, world: str, result: Mapping[str, Any], statistic: str,
-                         coefficient: Literal["kendall", "spearman", "pearson"] = "kendall",
-                         expect: Expect = "any", alpha: float = 0.05) -> "Claim":
-        """A row from a :func:`rftlib.core.stats.correlate` result, judged by :func:`verdict_from_interval`.
-
-        Example:
-            >>> r = {"kendall_tau": 0.6, "kendall_ci_low": 0.3, "kendall_ci_high": 0.8, "kendall_p": 0.002}
-            >>> Claim.from_correlation("F3", "w", r, "Kendall tau, pooled").verdict
-            'supported'
-        """
-        key = {"kendall": "kendall_tau", "spearman": "spearman_rho", "pearson": "pearson_r"}.get(coefficient)
-        if key is None:
-            raise ParameterError(f"coefficient={coefficient!r} must be 'kendall', 'spearman' or 'pearson'.")
-        lo, hi, p = result[f"{coefficient}_ci_low"], result[f"{coefficient}_ci_high"], result[f"{coefficient}_p"]
-        v = verdict_from_interval(lo, hi, p, expect=expect, alpha=alpha)
-        return cls(claim, world, statistic, result[key], lo, hi, p, v)
 
     @classmethod
     def from_combined(cls, claim: str, world: str, combined: Mapping[str, Any], statistic: str,

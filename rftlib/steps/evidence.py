@@ -47,9 +47,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from rftlib.core.stats import (across_run_test, auroc, cluster_indices, combine_within, mde_across_runs, mde_mean,
-                               mean_pairwise_jaccard, paired_contrast, partial_kendall, within_run)
-from rftlib.core.verdicts import (Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
+from rftlib.core.stats import (across_run_test, auroc, bootstrap_replicates, combine_within, mde_across_runs, mde_mean,
+                               mean_pairwise_jaccard, paired_contrast, partial_kendall, percentile_interval)
+from rftlib.core.verdicts import (POWER_COLUMNS, Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
 from rftlib.steps.common import StepResults
@@ -83,7 +83,6 @@ MIN_RUNS = 5
 RECIPE_COLUMNS: tuple[str, ...] = ("recipe", "lr", "augment", "epochs", "weight_decay", "batch_size", "optimizer",
                                    "n_train", "freeze")
 DETAIL_COLUMNS = ("claim", "world", "statistic", "value", "ci_low", "ci_high", "p_value", "n_runs", "verdict")
-POWER_COLUMNS = ("claim", "world", "statistic", "mde", "n_runs")
 
 
 @dataclass
@@ -208,17 +207,24 @@ def _secondary(claim: str, world: str, label: str, runs: list[str], alphas: list
         out.append(_detail(claim, world, f"mean within-run τ({label}, OOD acc)", {**c, "p_value": c["stouffer_p"]}, len(runs)))
         a = np.broadcast_to(np.asarray(alphas), X.shape)
         pt = partial_kendall(X.ravel(), Y.ravel(), a.ravel())
-        boot = [partial_kendall(X[r].ravel(), Y[r].ravel(), a[r].ravel()) for r in cluster_indices(clusters, len(runs), min(n_boot, 300), seed)]
-        lo, hi = np.nanquantile(boot, [0.025, 0.975]) if np.isfinite(boot).any() else (math.nan, math.nan)
+        boot = bootstrap_replicates(lambda r: partial_kendall(X[r].ravel(), Y[r].ravel(), a[r].ravel()), len(runs),
+                                    min(n_boot, 300), seed, clusters)
+        lo, hi = percentile_interval(boot)
         out.append(_detail(claim, world, f"pooled partial τ({label}, OOD acc | α)", {"value": pt, "ci_low": lo, "ci_high": hi}, len(runs)))
     if summary is not None and {"gain_over_zs", "failure_mode"} <= set(summary.columns) and len(runs) >= 3:
-        s = summary.set_index("run").loc[runs]
-        end = X[:, -1]
-        r = across_run_test(end, s["gain_over_zs"].to_numpy(float), clusters, n_boot=n_boot, n_perm=999, seed=seed)
-        out.append(_detail(claim, world, f"τ across runs({label} at α={alphas[-1]:g}, OOD gain over zero-shot)", r, len(runs)))
-        a = auroc(s["failure_mode"].astype(bool).to_numpy(), end, clusters, n_boot=n_boot, seed=seed)
-        out.append(_detail(claim, world, f"AUROC({label} at α={alphas[-1]:g}; failure vs success)", a, len(runs)))
+        out += _endpoint(claim, world, label, "OOD gain over zero-shot", runs, alphas, X, summary, clusters, n_boot, seed)
     return out
+
+
+def _endpoint(claim: str, world: str, label: str, gain: str, runs: list[str], alphas: list[float], X: np.ndarray,
+              summary: pd.DataFrame, clusters: np.ndarray | None, n_boot: int, seed: int, nan_auroc: bool = True) -> list[dict]:
+    """Does the sharpness at θ_ft (α = 1) predict the run's OOD gain (τ across runs) and failure (AUROC)?
+    ``nan_auroc``: report the AUROC also when it is undefined (one class only)."""
+    s, end, at = summary.set_index("run").loc[runs], X[:, -1], f"at α={alphas[-1]:g}"
+    r = across_run_test(end, s["gain_over_zs"].to_numpy(float), clusters, n_boot=n_boot, n_perm=999, seed=seed)
+    a = auroc(s["failure_mode"].astype(bool).to_numpy(), end, clusters, n_boot=n_boot, seed=seed)
+    return [_detail(claim, world, f"τ across runs({label} {at}, {gain})", r, len(runs))] + (
+        [_detail(claim, world, f"AUROC({label} {at}; failure vs success)", a, len(runs))] if nan_auroc or np.isfinite(a["value"]) else [])
 
 
 def _tau_claim(claim: str, world: str, label: str, r: Mapping[str, Any], expect: str, alpha: float = 0.05) -> Claim:
@@ -355,18 +361,10 @@ def _endpoint_rows(world: str, mats: Mapping[str, tuple], summary: pd.DataFrame 
     """Per layer: does its sharpness at θ_ft predict the run's OOD gain (τ) and failure (AUROC)?"""
     if summary is None or not {"gain_over_zs", "failure_mode"} <= set(summary.columns):
         return []
-    out = []
-    s = summary.set_index("run")
-    for layer, (runs, alphas, X, _) in mats.items():
-        if len(runs) < MIN_RUNS or not set(runs) <= set(s.index):
-            continue
-        sub, cl = s.loc[runs], _clusters(runs, summary)
-        r = across_run_test(X[:, -1], sub["gain_over_zs"].to_numpy(float), cl, n_boot=n_boot, n_perm=999, seed=seed)
-        out.append(_detail("F3", world, f"τ across runs({layer} sharpness at α={alphas[-1]:g}, OOD gain)", r, len(runs)))
-        a = auroc(sub["failure_mode"].astype(bool).to_numpy(), X[:, -1], cl, n_boot=n_boot, seed=seed)
-        if np.isfinite(a["value"]):
-            out.append(_detail("F3", world, f"AUROC({layer} sharpness at α={alphas[-1]:g}; failure vs success)", a, len(runs)))
-    return out
+    return [row for layer, (runs, alphas, X, _) in mats.items()
+            if len(runs) >= MIN_RUNS and set(runs) <= set(summary["run"])
+            for row in _endpoint("F3", world, f"{layer} sharpness", "OOD gain", runs, alphas, X, summary,
+                                 _clusters(runs, summary), n_boot, seed, nan_auroc=False)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,15 +374,6 @@ def _endpoint_rows(world: str, mats: Mapping[str, tuple], summary: pd.DataFrame 
 def _absent(lo: float, hi: float) -> bool:
     """The interval contains 0: the verdict rests on the absence of an effect (so it gets a power row)."""
     return not (lo > 0 or hi < 0)
-
-
-def _cluster_mean_ci(values: np.ndarray, clusters: np.ndarray | None, n_boot: int, seed: int) -> tuple[float, float]:
-    """Bootstrap interval of the mean, resampling clusters; NaN with fewer than 2 values or clusters."""
-    if values.size < 2 or (clusters is not None and len(set(clusters)) < 2):
-        return math.nan, math.nan
-    idx = cluster_indices(clusters, values.size, n_boot, seed)
-    lo, hi = np.quantile(values[idx].mean(axis=1), [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def f4_evidence(world: str, summary: pd.DataFrame, f4_parts: pd.DataFrame | None, n_boot: int = 2000,
@@ -405,7 +394,7 @@ def f4_evidence(world: str, summary: pd.DataFrame, f4_parts: pd.DataFrame | None
     d = (f4_parts["gain_stragglers"] - f4_parts["gain_control"]).to_numpy(float)
     lab = recipes(summary)
     cl = np.asarray([f"{lab.get(r, r)}" for r in f4_parts["run"]])
-    lo, hi = _cluster_mean_ci(d, cl, n_boot, seed)
+    lo, hi = percentile_interval(bootstrap_replicates(lambda i: d[i].mean(), d.size, n_boot, seed, cl))
     rescued = int(f4_parts["rescued_stragglers"].astype(bool).sum())
     if rescued == 0 or (np.isfinite(hi) and hi < 0):
         v = "not supported"
@@ -425,7 +414,7 @@ def _no_aug(v: Any) -> bool:
     return str(v).strip().lower() in ("none", "false", "0", "", "no", "off", "nan")
 
 
-def _p1_tau(world: str, part: str, x: np.ndarray, y: np.ndarray, cl: np.ndarray | None, n_boot: int,
+def _p1_tau(x: np.ndarray, y: np.ndarray, cl: np.ndarray | None, n_boot: int,
             seed: int) -> tuple[dict, str, dict | None]:
     r = across_run_test(x, y, cl, n_boot=n_boot, n_perm=1999, seed=seed)
     v = verdict_from_interval(r["ci_low"], r["ci_high"], r["p_value"], expect="negative")
@@ -453,7 +442,7 @@ def p1_evidence(world: str, summary: pd.DataFrame, n_boot: int = 2000, seed: int
                    "value": n_fail / max(n, 1), "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "n_runs": n,
                    "verdict": v1}, v1))
     if n >= MIN_RUNS:
-        r, v, pw = _p1_tau(world, "2", s["loss_barrier"].to_numpy(float), s["gain_over_zs"].to_numpy(float), cl, n_boot, seed)
+        r, v, pw = _p1_tau(s["loss_barrier"].to_numpy(float), s["gain_over_zs"].to_numpy(float), cl, n_boot, seed)
         parts.append((_detail("P1", world, "part 2: τ across runs(loss barrier, OOD gain)", r, n), v))
         if pw:
             power.append({"claim": "P1", "world": world, "statistic": "part 2: τ(loss barrier, OOD gain)", "n_runs": n, **pw})
@@ -492,9 +481,11 @@ def _p1_augment(world: str, s: pd.DataFrame, n_boot: int, seed: int, power: list
         return _detail("P1", world, "part 3: untestable (runs of one augmentation arm only)", {}, len(s)), "untestable"
     if d.size == 0:
         return _detail("P1", world, "part 3: untestable (no learning rate with both arms)", {}, len(s)), "untestable"
-    boot = [b.mean() for idx in cluster_indices(_clusters(list(s["run"]), s), len(s), n_boot, seed)
-            if (b := _aug_differences(s.iloc[idx])) is not None and b.size]  # runs resampled, by recipe
-    lo, hi = (float(q) for q in np.quantile(boot, [0.025, 0.975])) if len(boot) >= 2 else (math.nan, math.nan)
+    def mean_difference(idx: np.ndarray) -> float:  # on a resample of runs (by recipe); NaN: an arm is missing
+        b = _aug_differences(s.iloc[idx])
+        return float(b.mean()) if b is not None and b.size else math.nan
+    boot = bootstrap_replicates(mean_difference, len(s), n_boot, seed, _clusters(list(s["run"]), s))
+    lo, hi = percentile_interval(boot) if np.isfinite(boot).sum() >= 2 else (math.nan, math.nan)
     v = verdict_from_interval(lo, hi, None, expect="positive") if np.isfinite(lo) else "untestable"
     if v == "not supported" and _absent(lo, hi):
         power.append({"claim": "P1", "world": world, "statistic": "part 3: mean Δ best OOD acc (no aug − aug)",
@@ -508,11 +499,10 @@ def _p1_lr(world: str, s: pd.DataFrame, cl: np.ndarray | None, n_boot: int, seed
         return _detail("P1", world, "part 4: untestable (needs ≥ 2 learning rates and 5 runs)", {}, len(s)), "untestable"
     key = s["augment"].map(_no_aug) if "augment" in s else pd.Series(True, index=s.index)
     y = (s["acc_ood_best"] - s.groupby(key)["acc_ood_best"].transform("mean")).to_numpy(float)
-    r = across_run_test(np.log(s["lr"].to_numpy(float)), y, cl, n_boot=n_boot, n_perm=1999, seed=seed)
-    v = verdict_from_interval(r["ci_low"], r["ci_high"], r["p_value"], expect="negative")
-    if v == "not supported" and _absent(r["ci_low"], r["ci_high"]):
+    r, v, pw = _p1_tau(np.log(s["lr"].to_numpy(float)), y, cl, n_boot, seed)
+    if pw:
         power.append({"claim": "P1", "world": world, "statistic": "part 4: τ(lr, best OOD acc centred per augmentation)",
-                      "n_runs": len(s), "mde": mde_across_runs(np.log(s["lr"].to_numpy(float)), y, seed=seed)})
+                      "n_runs": len(s), **pw})
     return _detail("P1", world, "part 4: τ across runs(lr, best OOD acc centred per augmentation)", r, len(s)), v
 
 
