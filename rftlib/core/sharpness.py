@@ -209,13 +209,34 @@ def _ratio(d: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.where(c > 0, d / c, torch.zeros((), dtype=d.dtype, device=d.device))
 
 
+def _floats(ts: Sequence[torch.Tensor]) -> list[float]:
+    """The values of 0-dim tensors as Python floats, with one device sync (one per device)."""
+    if len({t.device for t in ts}) > 1:
+        return [float(t) for t in ts]
+    return torch.stack(list(ts)).tolist()
+
+
+def _sq_sum(ts: Iterable[torch.Tensor]) -> float:
+    """Σ ‖t‖₂² in double precision: the norm of each tensor (its own dtype), squared and summed in Python.
+
+    On the CPU ``torch._foreach_norm`` is :func:`torch.linalg.vector_norm` per tensor (the same
+    values); elsewhere its fused kernel may reduce in another order, so each norm is its own call.
+    """
+    ts = list(ts)
+    if not ts:
+        return 0
+    cpu = all(t.device.type == "cpu" for t in ts)
+    norms = torch._foreach_norm(ts) if cpu else [torch.linalg.vector_norm(t) for t in ts]
+    return sum(v ** 2 for v in _floats(norms))
+
+
 def _norm(ts: Iterable[torch.Tensor], norm: str) -> float:
     ts = list(ts)
     if not ts:
         return 0.0
     if norm == "linf":
         return max(float(t.abs().max()) if t.numel() else 0.0 for t in ts)
-    return math.sqrt(sum(float(torch.linalg.vector_norm(t)) ** 2 for t in ts))
+    return math.sqrt(_sq_sum(ts))
 
 
 def relative_norm(delta: Sequence[torch.Tensor], c: Sequence[torch.Tensor], norm: str) -> float:
@@ -268,7 +289,7 @@ def project_ellipsoid(z: Sequence[torch.Tensor], c: Sequence[torch.Tensor], rho:
     b = [ci * ci for ci in c]
 
     def g(lam: float) -> float:  # ‖δ(λ) ⊘ c‖₂², decreasing in λ
-        return sum(float(torch.linalg.vector_norm(ai / (bi + lam))) ** 2 for ai, bi in zip(a, b))
+        return _sq_sum(ai / (bi + lam) for ai, bi in zip(a, b))
 
     lo, hi = 0.0, _norm(a, "l2") / rho  # g(hi) ≤ ρ²
     target = rho * rho
@@ -405,11 +426,13 @@ def _n_batches(data: Any, m: int) -> int | None:
     return None
 
 
-def _loss_err(logits: torch.Tensor, y: torch.Tensor, logit_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(logits: torch.Tensor, y: torch.Tensor, logit_norm: bool) -> torch.Tensor:
     z = logits.float()
-    if logit_norm:
-        z = normalize_logits(z)
-    return F.cross_entropy(z, y), (logits.argmax(dim=1) != y).float().mean()
+    return F.cross_entropy(normalize_logits(z) if logit_norm else z, y)
+
+
+def _loss_err(logits: torch.Tensor, y: torch.Tensor, logit_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _loss(logits, y, logit_norm), (logits.argmax(dim=1) != y).float().mean()
 
 
 class NothingToPerturbError(ParameterError):
@@ -417,22 +440,55 @@ class NothingToPerturbError(ParameterError):
 
 
 class _Perturbed:
-    """The perturbed parameters of one estimate: originals, budgets c, in-place writes, restore."""
+    """The perturbed parameters of one estimate: originals, budgets c, in-place writes, restore.
+
+    What the ascent needs of c at every step is computed once here: which tensors hold a zero budget
+    (``masks``: ``c > 0``, ``None`` where every entry is positive, so that ``torch.where`` would copy),
+    c scaled by the current step size and the ℓ∞ box [−ρc, ρc] (:meth:`scaled`, :meth:`box`).
+    """
 
     def __init__(self, names: list[str], params: list[nn.Parameter], adaptive: bool) -> None:
         self.names = names
         self.params = params
         self.w0 = [p.detach().clone() for p in params]
         self.c = [w.abs() if adaptive else torch.ones_like(w) for w in self.w0]
+        self._data = [p.data for p in params]
+        pos = [ci > 0 for ci in self.c]
+        full = _floats([m.all() for m in pos]) if pos else []
+        self.masks = [None if f else m for m, f in zip(pos, full)]
+        self._zero = [torch.zeros((), dtype=w.dtype, device=w.device) for w in self.w0]
+        self._scaled: tuple[float, Tensors] | None = None
+        self._box: tuple[float, Tensors, Tensors] | None = None
 
     @torch.no_grad()
     def set(self, delta: Sequence[torch.Tensor] | None) -> None:
         if delta is None:
-            for p, w in zip(self.params, self.w0):
-                p.copy_(w)
+            torch._foreach_copy_(self._data, self.w0)
         else:
-            for p, w, d in zip(self.params, self.w0, delta):
-                torch.add(w, d, out=p.data)
+            for p, w, d in zip(self._data, self.w0, delta):
+                torch.add(w, d, out=p)
+
+    def keep(self, ts: Sequence[torch.Tensor]) -> Tensors:
+        """``where(c > 0, t, 0)`` per tensor (the tensor itself where every c > 0)."""
+        return [t if m is None else torch.where(m, t, z) for t, m, z in zip(ts, self.masks, self._zero)]
+
+    def ratio(self, ts: Sequence[torch.Tensor]) -> Tensors:
+        """t ⊘ c with 0/0 := 0, as :func:`_ratio`."""
+        q = torch._foreach_div(list(ts), self.c)
+        return [qi if m is None else torch.where(m, qi, z) for qi, m, z in zip(q, self.masks, self._zero)]
+
+    def scaled(self, eta: float) -> Tensors:
+        """η·c (kept while η does not change)."""
+        if self._scaled is None or self._scaled[0] != eta:
+            self._scaled = (eta, torch._foreach_mul(self.c, eta))
+        return self._scaled[1]
+
+    def box(self, rho: float) -> tuple[Tensors, Tensors]:
+        """``(ρc, −ρc)``, the bounds of :func:`project_linf`."""
+        if self._box is None or self._box[0] != rho:
+            r = torch._foreach_mul(self.c, rho)
+            self._box = (rho, r, torch._foreach_neg(r))
+        return self._box[1], self._box[2]
 
     def zeros(self) -> Tensors:
         return [torch.zeros_like(w) for w in self.w0]
@@ -773,34 +829,60 @@ def _finite(value: float, layer: str, settings: Mapping[str, Any], where: str) -
         )
 
 
-def _step(grads: Sequence[torch.Tensor], c: Sequence[torch.Tensor], eta: float, norm: str,
+def _step(pert: _Perturbed, grads: Sequence[torch.Tensor], eta: float, norm: str,
           l2_step: str = "rescale") -> Tensors:
-    """The ascent step of relative size η (‖step ⊘ c‖ = η).
+    """The ascent step of relative size η (‖step ⊘ c‖ = η), as new tensors.
 
     ℓ∞: η·c⊙sign(∇). ℓ2, ``l2_step="rescale"``: steepest ascent in u = δ ⊘ c, η·c⊙(c⊙∇)/‖c⊙∇‖₂
     (pairs with the projection in u). ℓ2, ``"ellipsoid"``: steepest ascent in δ, η·∇/‖∇ ⊘ c‖₂ (the
     Euclidean gradient direction, pairs with the Euclidean projection in δ); entries with c = 0 get 0.
+    Each tensor is computed by the same elementwise operations, in the same order, as the plain
+    per-tensor expressions above (``torch._foreach_*`` runs them per tensor; products commute exactly).
     """
+    c = pert.c
     if norm == "linf":
-        return [eta * ci * g.sign() for g, ci in zip(grads, c)]
+        step = torch._foreach_sign(list(grads))
+        torch._foreach_mul_(step, pert.scaled(eta))
+        return step
     if l2_step == "ellipsoid":
-        s = [torch.where(ci > 0, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g, ci in zip(grads, c)]
-        gn = relative_norm(s, c, "l2")
-        if gn == 0.0:
-            return [torch.zeros_like(g) for g in grads]
-        return [(eta / gn) * si for si in s]
-    s = [ci * g for g, ci in zip(grads, c)]
-    gn = _norm(s, "l2")
+        s = pert.keep(grads)
+        gn = math.sqrt(_sq_sum(pert.ratio(s)))
+        return [torch.zeros_like(g) for g in grads] if gn == 0.0 else torch._foreach_mul(s, eta / gn)
+    s = torch._foreach_mul(c, list(grads))
+    gn = math.sqrt(_sq_sum(s))
     if gn == 0.0:
         return [torch.zeros_like(g) for g in grads]
-    return [(eta / gn) * ci * si for si, ci in zip(s, c)]
+    step = torch._foreach_mul(c, eta / gn)
+    torch._foreach_mul_(step, s)
+    return step
 
 
-def _project(ctx: _Batch, d: Sequence[torch.Tensor]) -> Tensors:
-    cfg, c = ctx.cfg, ctx.pert.c
+def _project(ctx: _Batch, d: Tensors) -> Tensors:
+    """P(d), the projection of the budget; works in place on ``d`` (pass new tensors only)."""
+    cfg, pert = ctx.cfg, ctx.pert
     if cfg.norm == "linf":
-        return project_linf(d, c, cfg.rho)
-    return project_l2(d, c, cfg.rho, cfg.l2_projection if cfg.adaptive else "rescale")  # c = 1: rescaling is exact
+        r, neg_r = pert.box(cfg.rho)
+        torch._foreach_minimum_(d, r)
+        torch._foreach_maximum_(d, neg_r)
+        return d
+    if cfg.adaptive and cfg.l2_projection == "ellipsoid":
+        return project_ellipsoid(d, pert.c, cfg.rho)
+    d = pert.keep(d)  # rescale (exact for c = 1): u = d ⊘ c onto the ball
+    r = math.sqrt(_sq_sum(pert.ratio(d)))
+    if r > cfg.rho:
+        torch._foreach_mul_(d, cfg.rho / r)
+    return d
+
+
+def _momentum(delta: Tensors, z: Tensors, prev: Tensors) -> Tensors:
+    """δ + 0.75·(z − δ) + 0.25·(δ − δ_prev), per tensor, as new tensors."""
+    a = torch._foreach_sub(z, delta)
+    torch._foreach_mul_(a, 0.75)
+    torch._foreach_add_(a, delta)
+    b = torch._foreach_sub(delta, prev)
+    torch._foreach_mul_(b, 0.25)
+    torch._foreach_add_(a, b)
+    return a
 
 
 def _init_delta(ctx: _Batch) -> Tensors:
@@ -817,14 +899,18 @@ def _init_delta(ctx: _Batch) -> Tensors:
 
 @dataclass
 class _Ascent:
-    """The state of the APGD-like ascent on one batch (module docstring: step size, checkpoints)."""
+    """The state of the APGD-like ascent on one batch (module docstring: step size, checkpoints).
+
+    Iterates and gradients are never changed in place once made, so the best ones are kept by
+    reference (no copies).
+    """
 
     eta: float
     delta: Tensors
     prev: Tensors | None = None
     best_loss: float = -math.inf
     best_delta: Tensors | None = None
-    best_grad: Tensors | None = None
+    best_grad: Sequence[torch.Tensor] | None = None
     last_ck: int = 0
     eta_at_last: float = 0.0
     best_at_last: float = -math.inf
@@ -834,8 +920,7 @@ class _Ascent:
         if loss > self.best_loss:
             if k > 0:
                 self.n_improved += 1
-            self.best_loss, self.best_delta = loss, [d.clone() for d in self.delta]
-            self.best_grad = [g.clone() for g in grads]
+            self.best_loss, self.best_delta, self.best_grad = loss, self.delta, grads
         if k == 0:
             self.best_at_last = self.best_loss
 
@@ -846,7 +931,7 @@ class _Ascent:
         self.eta_at_last, self.best_at_last = self.eta, self.best_loss
         if too_few or stalled:
             self.eta /= 2.0
-            self.delta, grads, self.prev = [d.clone() for d in self.best_delta], self.best_grad, None
+            self.delta, grads, self.prev = self.best_delta, self.best_grad, None
         self.n_improved, self.last_ck = 0, k
         return grads
 
@@ -858,9 +943,11 @@ def _worst_batch(ctx: _Batch, h: torch.Tensor, y: torch.Tensor, loss0: float, er
     st.eta_at_last = st.eta
     st.best_delta = st.delta
     checkpoints = set(step_checkpoints(cfg.n_iters))
+    l2_step = cfg.l2_projection if cfg.adaptive else "rescale"
     for k in range(cfg.n_iters):
         pert.set(st.delta)
-        loss_t, _ = ctx.loss_err(h, y)
+        with cfg.forward_context():
+            loss_t = _loss(ctx.suffix(h), y, cfg.logit_norm)
         grads = torch.autograd.grad(loss_t, pert.params)
         loss = float(loss_t.detach())
         _finite(loss, ctx.layer, ctx.settings, f"at w+delta (batch {b}, iteration {k})")
@@ -868,10 +955,11 @@ def _worst_batch(ctx: _Batch, h: torch.Tensor, y: torch.Tensor, loss0: float, er
         st.record(k, loss, grads)
         if k in checkpoints:
             grads = st.checkpoint(k, grads)
-        step = _step(grads, pert.c, st.eta, cfg.norm, cfg.l2_projection if cfg.adaptive else "rescale")
-        z = _project(ctx, [d + s for d, s in zip(st.delta, step)])
-        new = z if st.prev is None else _project(ctx, [d + 0.75 * (zi - d) + 0.25 * (d - p)
-                                                       for d, zi, p in zip(st.delta, z, st.prev)])
+        with torch.no_grad():
+            z = _step(pert, grads, st.eta, cfg.norm, l2_step)
+            torch._foreach_add_(z, st.delta)  # δ + step
+            z = _project(ctx, z)
+            new = z if st.prev is None else _project(ctx, _momentum(st.delta, z, st.prev))
         st.prev, st.delta = st.delta, new
     return _worst_final(ctx, h, y, st, loss0, err0, b)
 
@@ -903,7 +991,7 @@ def _average_batch(ctx: _Batch, h: torch.Tensor, y: torch.Tensor, loss0: float, 
     gaps, egaps, dns, rns = [], [], [], []
     noise = "uniform" if cfg.norm == "linf" else "normal"
     for k in range(cfg.n_iters):
-        delta = [cfg.rho * ci * ui for ci, ui in zip(pert.c, _random_like(pert.c, noise, ctx.gen))]
+        delta = torch._foreach_mul(pert.box(cfg.rho)[0], _random_like(pert.c, noise, ctx.gen))  # ρc ⊙ u
         pert.set(delta)
         loss, err = (float(t) for t in ctx.loss_err(h, y))
         _finite(loss, ctx.layer, ctx.settings, f"at w+delta (batch {b}, draw {k})")
@@ -911,7 +999,7 @@ def _average_batch(ctx: _Batch, h: torch.Tensor, y: torch.Tensor, loss0: float, 
         gaps.append(loss - loss0)
         egaps.append(err - err0)
         dns.append(_norm(delta, cfg.norm))
-        rns.append(relative_norm(delta, pert.c, cfg.norm))
+        rns.append(_norm(pert.ratio(delta), cfg.norm))
     pert.set(None)
     n = len(gaps)
     return sum(gaps) / n, sum(egaps) / n, sum(dns) / n, sum(rns) / n
