@@ -250,6 +250,44 @@ def test_grid_with_a_yaml_syntax_error_is_a_parameter_error():
     assert "\n" not in str(err.value)
 
 
+def test_grid_seeds_repeat_each_recipe_once_per_seed(tmp_path):
+    """`seeds:` expands each recipe into one run per seed; the run summary's recipe columns then group
+    the seeds of one recipe (the evidence step's clusters)."""
+    from rftlib.steps.common import load_grid
+    from rftlib.steps.evidence import recipes
+    from rftlib.steps.interpolate import recipe_columns
+
+    g = tmp_path / "g.yaml"
+    g.write_text("defaults: {epochs: 1}\nseeds: [0, 3]\nruns:\n  - {name: a, lr: 1.0e-3}\n"
+                 "  - {name: b, lr: 1.0e-4, label_smoothing: 0.1}\n")
+    rs = load_grid(g)
+    assert [(r.name, r.seed) for r in rs] == [("a-s0", 0), ("a-s3", 3), ("b-s0", 0), ("b-s3", 3)]
+    s = pd.DataFrame([recipe_columns(r) for r in rs])
+    assert s["recipe"].tolist() == ["a", "a", "b", "b"] and s["label_smoothing"].tolist() == [0.0, 0.0, 0.1, 0.1]
+    lab = recipes(s)
+    assert lab["a-s0"] == lab["a-s3"] != lab["b-s0"] == lab["b-s3"]
+    for bad, why in (("seeds: [0, 0]", "distinct"), ("seeds: []", "non-empty"), ("seeds: [-1]", ">= 0")):
+        g.write_text(f"{bad}\nruns:\n  - {{name: a, lr: 1.0e-3}}\n")
+        with pytest.raises(ParameterError, match=why):
+            load_grid(g)
+    g.write_text("seeds: [0, 1]\nruns:\n  - {name: a, lr: 1.0e-3, seed: 4}\n")
+    with pytest.raises(ParameterError, match="sets its own seed"):
+        load_grid(g)
+
+
+def test_a_tie_with_zero_shot_is_a_tie_not_float_noise():
+    """OOD accuracies that change on two splits and cancel in the mean give a gain of exactly 0 (a tie,
+    so the failure mode), not the -5.6e-17 of float summation."""
+    from rftlib.core.curves import summarize_runs
+
+    acc = {0.0: [0.8, 0.4, 0.5], 0.5: [0.85, 0.3, 0.6], 1.0: [0.9, 0.2, 0.3]}  # (id, o1, o2) per alpha
+    rows = [{"world": "w", "run": "r", "alpha": a, "split": sp, "accuracy": v, "loss": 1.0}
+            for a, vals in acc.items() for sp, v in zip(["id", "o1", "o2"], vals)]
+    assert pd.Series([0.3, 0.6]).mean() - pd.Series([0.4, 0.5]).mean() != 0  # the noise guarded against
+    s = summarize_runs(pd.DataFrame(rows))
+    assert s.loc[0, "gain_over_zs"] == 0.0 and bool(s.loc[0, "failure_mode"])
+
+
 def test_runner_rejects_before_starting_a_kernel(wired, tmp_path, no_kernel):
     from rftlib.book.runner import run_notebook
 

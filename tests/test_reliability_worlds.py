@@ -347,19 +347,20 @@ def test_world_verbs_refuse_bad_input_in_one_line(worlds, capsys, monkeypatch, a
 
 
 def test_a_new_world_takes_the_steps_of_the_template_world_on_its_data_set(worlds, capsys):
-    """A world made from digits gets digits' steps (digits' grid and sizes), not fashion's."""
+    """A world made from digits gets the steps of the default's world on digits' data set (digits-clean's
+    grid and sizes), not fashion's."""
     from rftlib.book.params import load_param_file, world_pipeline
 
     _rft(capsys, "world", "new", "mine", "--from", "digits")
     pf = world_pipeline("mine", "default")
-    digits = {s.name.removeprefix("digits-"): s for s in load_param_file("default").steps
-              if s.parameters.get("world") == "digits"}
+    digits = {s.name.removeprefix("digits-clean-"): s for s in load_param_file("default").steps
+              if s.parameters.get("world") == "digits-clean"}
     assert pf.results_root == "book/results" and world_pipeline("mine", "quick").results_root == "book/results-quick"
     for step in pf.steps:
         old = digits[step.name.removeprefix("mine-")]
         assert {k: v for k, v in step.parameters.items() if k != "world" and not k.endswith("_dir")} == \
             {k: v for k, v in old.parameters.items() if k != "world" and not k.endswith("_dir")}
-    assert pf.get_step("mine-finetune").parameters["grid"].endswith("grids/digits.yaml")
+    assert pf.get_step("mine-finetune").parameters["grid"].endswith("grids/digits-clean.yaml")
 
 
 @pytest.mark.parametrize("template", ["default", "quick"])

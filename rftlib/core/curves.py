@@ -282,9 +282,11 @@ def _summarize_curve(label: dict, sub: pd.DataFrame, ident: pd.DataFrame, id_spl
     ii = np.flatnonzero(interior)
     best = int(ii[np.argmax(acc_ood[ii])])  # argmax takes the first (smallest α) among ties
     best_any = int(np.argmax(acc_ood))
-    gain_zs = acc_ood[best] - acc_ood[zs]
-    gain_ft = acc_ood[best] - acc_ood[ft]
-    gain_both = acc_ood[best] - max(acc_ood[zs], acc_ood[ft])
+    # Gains rounded to 1e-12: a tie (changes on several splits that cancel in the mean) is a tie, not
+    # ±1e-17 of summation order deciding whether the run is in the failure mode.
+    gain_zs = round(float(acc_ood[best] - acc_ood[zs]), 12)
+    gain_ft = round(float(acc_ood[best] - acc_ood[ft]), 12)
+    gain_both = round(float(acc_ood[best] - max(acc_ood[zs], acc_ood[ft])), 12)
     barrier = float("nan")
     if "loss" in id_rows.columns:
         loss = id_rows["loss"].to_numpy(dtype=float)

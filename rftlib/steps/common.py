@@ -79,7 +79,7 @@ def load_grid(path: str | Path, only: Sequence[str] | None = None) -> list[Recip
                              f"not a {type(cfg).__name__}.")
     if not isinstance(cfg.get("runs"), list) or not cfg["runs"]:
         raise ParameterError(f"grid file {path} must hold a non-empty list `runs:`.")
-    recipes = [Recipe.from_dict(r, **(cfg.get("defaults") or {})) for r in cfg["runs"]]
+    recipes = [Recipe.from_dict(r, **(cfg.get("defaults") or {})) for r in _with_seeds(cfg, path)]
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise ParameterError(f"grid file {path}: run names must be unique, got {names}.")
@@ -89,6 +89,29 @@ def load_grid(path: str | Path, only: Sequence[str] | None = None) -> list[Recip
             raise ParameterError(f"runs {unknown} are not in grid {path}; its runs: {names}.")
         recipes = [r for r in recipes if r.name in only]
     return recipes
+
+
+def _with_seeds(cfg: dict, path: str | Path) -> list[dict]:
+    """The grid's runs, each repeated once per seed of ``seeds:`` (named ``<run>-s<seed>``) when the file has that key; else the runs as written.
+
+    Example:
+        >>> [r["name"] for r in _with_seeds({"seeds": [0, 1], "runs": [{"name": "a", "lr": 1e-3}]}, "g")]
+        ['a-s0', 'a-s1']
+    """
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return cfg["runs"]
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ParameterError(f"grid file {path}: seeds={seeds!r} must be a non-empty list of distinct "
+                             "integers >= 0 (each run is fine-tuned once per seed).")
+    out = []
+    for r in cfg["runs"]:
+        if not isinstance(r, dict) or "seed" in r:
+            raise ParameterError(f"grid file {path}: run {r!r} sets its own seed; with `seeds:` the seed "
+                                 "comes from that list: remove the run's `seed`.")
+        out += [{**r, "name": f"{r.get('name')}-s{s}", "seed": s} for s in seeds]
+    return out
 
 
 def run_folder(runs_root: str | Path, world: str, run: str) -> Path:

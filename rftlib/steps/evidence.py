@@ -80,8 +80,8 @@ __all__ = [
 #: Fewest runs for an across-run claim (with 4 runs no Kendall τ reaches p < 0.05).
 MIN_RUNS = 5
 #: Columns of ``summary`` that define a recipe (runs equal in all of them are seeds of one recipe).
-RECIPE_COLUMNS: tuple[str, ...] = ("recipe", "lr", "augment", "epochs", "weight_decay", "batch_size", "optimizer",
-                                   "n_train", "freeze")
+RECIPE_COLUMNS: tuple[str, ...] = ("recipe", "lr", "augment", "epochs", "label_smoothing", "weight_decay",
+                                   "batch_size", "warmup_steps", "grad_clip", "mode", "n_train")
 DETAIL_COLUMNS = ("claim", "world", "statistic", "value", "ci_low", "ci_high", "p_value", "n_runs", "verdict")
 
 

@@ -111,7 +111,7 @@ def run_summary(curves: pd.DataFrame, world: World, recipes: Sequence[Recipe]) -
     measured above the straight line between the endpoints (``loss_barrier_linear``) beside the
     paper's definition (``loss_barrier``)."""
     s = summarize_runs(curves, ood_splits=list(world.ood_splits), keys=["world", "run"])
-    rec = pd.DataFrame([{"run": r.name, "lr": r.lr, "augment": r.augment, "epochs": r.epochs} for r in recipes])
+    rec = pd.DataFrame([recipe_columns(r) for r in recipes])
     s = s.merge(rec, on="run", how="left")
     lin = []
     for run in s["run"]:
@@ -119,6 +119,21 @@ def run_summary(curves: pd.DataFrame, world: World, recipes: Sequence[Recipe]) -
         lin.append(loss_barrier(idc["alpha"], idc["loss"], reference="linear"))
     s["loss_barrier_linear"] = lin
     return s
+
+
+def recipe_columns(r: Recipe) -> dict[str, Any]:
+    """The run summary's columns of one recipe: ``run``, ``recipe`` (the name without its ``-s<seed>``
+    suffix: seeds of one recipe share it), ``seed`` and every hyperparameter.
+
+    Example:
+        >>> c = recipe_columns(Recipe(name="lr1e-3-s2", lr=1e-3, seed=2))
+        >>> c["run"], c["recipe"], c["seed"], c["lr"], c["label_smoothing"]
+        ('lr1e-3-s2', 'lr1e-3', 2, 0.001, 0.0)
+    """
+    d = r.to_dict()
+    name, seed = d.pop("name"), d["seed"]
+    suffix = f"-s{seed}"
+    return {"run": name, "recipe": name[: -len(suffix)] if name.endswith(suffix) else name, **d}
 
 
 def claim_p1(summary: pd.DataFrame, world: str, n_boot: int = 1000, seed: int = 0) -> tuple[Claim, pd.DataFrame]:
