@@ -39,9 +39,9 @@ FINETUNE = str(ROOT / "notebooks" / "finetune.ipynb")
 
 @pytest.fixture
 def worlds(tmp_path, monkeypatch) -> Path:
-    """A temporary worlds folder ($RFT_WORLDS) with copies of digits, fashion and paper-cifar10."""
+    """A temporary worlds folder ($RFT_WORLDS) with copies of digits, digits-clean, fashion and paper-cifar10."""
     d = tmp_path / "worlds"
-    for name in ("digits", "fashion", "paper-cifar10"):
+    for name in ("digits", "digits-clean", "fashion", "paper-cifar10"):
         shutil.copytree(WORLDS / name, d / name)
     monkeypatch.setenv("RFT_WORLDS", str(d))
     import rftlib.worlds.workflow as workflow
@@ -230,7 +230,7 @@ def test_world_verify_names_a_world_lacking_a_key_and_checks_the_others(worlds, 
     _copied(worlds, "digits", "broken", captions=None)
     rc, out, err = _rft(capsys, *argv)
     assert rc == 1
-    assert [line.split(":")[0] for line in out] == ["digits", "fashion"] and all(line.endswith(" OK") for line in out)
+    assert [line.split(":")[0] for line in out] == ["digits", "digits-clean", "fashion"] and all(line.endswith(" OK") for line in out)
     _one_error(err, r"'broken'", r"lacks keys \['captions'\]")
 
 

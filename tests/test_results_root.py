@@ -195,10 +195,10 @@ def test_rft_book_renders_from_the_root_it_is_given(checkout, monkeypatch):
 
 
 def test_the_toc_of_another_root_lists_that_roots_executed_notebooks(checkout):
-    """Methods pages come from the root the book is built from, and what it lacks is left out."""
+    """Methods pages come from the root the book is built from, and what it lacks is left out: the
+    notebooks, and a world's methods chapter when none of its notebooks is there."""
     root = _results_root(checkout, "results-quick", "quick")
     (root / "fashion-interpolate" / "interpolate.ipynb").write_text("{}")
-    assert pages.toc_for("book/results") is None
     toc = yaml.safe_load(pages.toc_for("book/results-quick").read_text())
     files = []
 
@@ -210,7 +210,8 @@ def test_the_toc_of_another_root_lists_that_roots_executed_notebooks(checkout):
     walk(toc["parts"])
     executed = [f for f in files if f.startswith("book/results")]
     assert executed == ["book/results-quick/fashion-interpolate/interpolate"]
-    assert "book/methods/digits" in files and "book/findings/claims" in files  # narrative pages stay
+    assert "book/methods/fashion" in files and "book/methods/worlds" in files and "book/findings/claims" in files
+    assert "book/methods/digits" not in files and "book/methods/digits-clean" not in files
 
 
 def _one_error_line(err: str, *fragments: str) -> None:

@@ -140,10 +140,12 @@ def validate_pipeline(pipeline: ParamFile, steps: Sequence[Step] | None = None) 
 
 
 def _write_timings(path: Path, rows: list[dict[str, Any]], order: list[str]) -> None:
-    """Merge ``rows`` into the timings table at ``path`` (rows of other steps are kept)."""
+    """Merge ``rows`` into the timings table at ``path``: rows of the pipeline's other steps (``order``)
+    are kept, rows of steps the pipeline no longer has are dropped."""
     old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=TIMING_COLUMNS)
     new = pd.DataFrame(rows, columns=TIMING_COLUMNS)
-    table = pd.concat([old[~old["step"].isin(new["step"])], new], ignore_index=True)
+    old = old[old["step"].isin(order) & ~old["step"].isin(new["step"])]
+    table = pd.concat([old, new], ignore_index=True)
     rank = {n: i for i, n in enumerate(order)}
     table["_o"] = table["step"].map(lambda s: rank.get(s, len(rank)))
     table = table.sort_values(["_o"], kind="stable").drop(columns="_o")
@@ -180,7 +182,7 @@ def pipeline_graph(pf: ParamFile, results_dir: str | os.PathLike | None = None,
 
     Example:
         >>> g = pipeline_graph(load_param_file("default"))
-        >>> g["fashion-sparsity"], g["digits-zeroshot"]
+        >>> g["fashion-sparsity"], g["digits-clean-zeroshot"]
         (('fashion-interpolate', 'fashion-stragglers'), ())
     """
     pf, results = rooted(pf, results_dir)

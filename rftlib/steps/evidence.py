@@ -651,10 +651,10 @@ class Params(StepParams):
     Example:
         >>> Params(world="digits").sharpness_dir
         'book/results/digits-sharpness'
-        >>> Params(n_perm=5, interpolate_dir="book/results/digits-zeroshot")  # doctest: +ELLIPSIS
+        >>> Params(n_perm=5, interpolate_dir="book/results/digits-clean-zeroshot")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        rftlib.errors.ParameterError: bad parameters for notebooks/evidence.ipynb: interpolate_dir='book/results/digits-zeroshot' holds no summary.csv; allowed: a results folder of the interpolate step (run the interpolate step first: ...); n_perm=5 is too small; allowed: an integer >= 19 (a permutation p-value below 0.05)
+        rftlib.errors.ParameterError: bad parameters for notebooks/evidence.ipynb: interpolate_dir='book/results/digits-clean-zeroshot' holds no summary.csv; allowed: a results folder of the interpolate step (run the interpolate step first: ...); n_perm=5 is too small; allowed: an integer >= 19 (a permutation p-value below 0.05)
     """
 
     STEP = "evidence"
