@@ -251,8 +251,8 @@ def p1_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAUL
                      f"endpoints on mean OOD accuracy) and **{n_fail}** are in the failure mode (no interior α beats "
                      f"the zero-shot model). Of the failure-mode runs, {n_id} raised ID accuracy above the zero-shot "
                      f"model's (the paper's failure mode: fine-tuning worked in distribution); the other {n_fail - n_id} "
-                     "also lost ID accuracy (an aggressive learning rate or strong augmentation), so in those fine-tuning "
-                     f"itself failed. Verdict on P1: {_verdict(claims, 'P1', w, root)}.\n\n" + _evidence(w, ("P1",), root))
+                     "ended at or below it, so in those fine-tuning itself failed (their recipes are in the table below)."
+                     f" Verdict on P1: {_verdict(claims, 'P1', w, root)}.\n\n" + _evidence(w, ("P1",), root))
         cols = ["run", "lr", "augment", "label_smoothing", "seed", "acc_id_zs", "acc_ood_zs", "alpha_best", "acc_id_best", "acc_ood_best",
                 "acc_id_ft", "acc_ood_ft", "loss_barrier", "failure_mode"]
         parts.append(_table(s[[c for c in cols if c in s]]) + "\n")
