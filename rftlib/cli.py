@@ -14,6 +14,7 @@
     rft world list
     rft pipeline --world NAME [--quick] [--list]
     rft bench [--full] [--world W] [--threads N] [--out FILE]
+    rft bench --job [--pipeline FILE] [--conditions quiet,shared] [--keep] [--commit REV] [--out FILE]
     rft compare OLD NEW [--tol T]
     rft data [--download]
     rft convert-openai SRC.pt DEST.safetensors
@@ -197,28 +198,19 @@ def cmd_book(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_verify(a: argparse.Namespace) -> int:
-    try:
-        from rftlib.worlds.world import verify_checkpoints  # type: ignore[attr-defined]
-    except ImportError:
-        _echo("rft: checksum verification is not available (rftlib.worlds.world.verify_checkpoints is missing)")
-        return EXIT_FAILED
-    try:
-        verified = verify_checkpoints()
-    except RftError as e:  # every world was checked: show the good ones, then the one-line error
-        for name, digest in getattr(e, "verified", {}).items():
-            print(f"{name}: sha256 {digest} OK")
-        raise
-    for name, digest in verified.items():
-        print(f"{name}: sha256 {digest} OK")
-    return EXIT_OK
-
-
 def cmd_bench(a: argparse.Namespace) -> int:
     from rftlib.book.bench import run_benchmarks
 
     if a.threads < 1:
         raise ParameterError(f"--threads={a.threads} must be at least 1")
+    if a.job:
+        from rftlib.book.jobbench import run_job_benchmark
+
+        out = Path(a.out) if a.out else Path("book/results/benchmarks/job.json")
+        run_job_benchmark(out, a.pipeline, conditions=a.conditions.split(","), keep=a.keep,
+                          commit=a.commit)
+        print(out)
+        return EXIT_OK
     out = Path(a.out) if a.out else Path("book/results/benchmarks/path.json")
     run_benchmarks(quick=not a.full, out=out, world=a.world, threads=a.threads)
     print(out)
@@ -509,7 +501,14 @@ def _parser_bench(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--full", action="store_true", help="full mode (larger sizes, ViT-B/32 shape; tens of minutes)")
     be.add_argument("--world", default="fashion", help="miniature world whose classifier is measured")
     be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
-    be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json)")
+    be.add_argument("--job", action="store_true",
+                    help="instead: the default job's wall time quiet and beside one CPU-bound process, each in a fresh "
+                         "clone of HEAD (about an hour on 2 cores) into book/results/benchmarks/job.json")
+    be.add_argument("--pipeline", default="notebooks/params/default.yaml", help="with --job: the pipeline file")
+    be.add_argument("--conditions", default="quiet,shared", help="with --job: quiet, shared or both (comma-separated)")
+    be.add_argument("--keep", action="store_true", help="with --job: keep the other conditions already in the file")
+    be.add_argument("--commit", default="HEAD", help="with --job: the commit measured (default HEAD)")
+    be.add_argument("--out", help="JSON file to write (default book/results/benchmarks/path.json, with --job job.json)")
     be.set_defaults(func=cmd_bench)
 
 
@@ -548,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--path-output", metavar="DIR", help="build into DIR/_build instead of ./_build")
     b.set_defaults(func=cmd_book)
 
-    v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints")
-    v.set_defaults(func=cmd_verify)
+    v = sub.add_parser("verify", help="verify the checksums of the shipped checkpoints (rft world verify)")
+    v.set_defaults(func=cmd_world_verify, names=[])
 
     for add in (_parser_bench, _parser_mathjax, _parser_data, _parser_convert_openai,
                 _parser_gpu_measure, _parser_finetune, _parser_compare):

@@ -108,3 +108,30 @@ def test_an_upward_import_is_caught(tmp_path, importer, target):
     """))
     found = layer_violations(pkg)
     assert len(found) == 1 and found[0].startswith(importer[:-3].replace("/", ".").join(["rftlib.", ""])), found
+
+
+#: No function of rftlib is longer than this many lines, docstring included (issue: a library a
+#: newcomer reads in an afternoon).
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(package_dir: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``module:line name (n lines)`` of every function or method longer than ``limit`` lines."""
+    out = []
+    for path in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out.append(f"{path.relative_to(package_dir.parent)}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+def test_no_function_is_longer_than_the_limit():
+    assert long_functions(ROOT / "rftlib") == []
+
+
+def test_a_long_function_is_caught(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    assert long_functions(tmp_path) == [f"{tmp_path.name}/m.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -277,7 +277,7 @@ def test_failed_step_stops_its_dependants_not_other_worlds(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_kernel_warning_silenced_in_a_runs_stderr(tmp_path):
+def test_kernel_warnings_silenced_in_a_runs_stderr(tmp_path):
     nb = _fake_notebook(tmp_path)
     code = ("from rftlib.book.runner import run_notebook; "
             f"run_notebook({str(nb)!r}, {{}}, {str(tmp_path / 'out')!r}, kernel_env={{'RFT_THREADS': '1'}})")
@@ -285,4 +285,5 @@ def test_kernel_warning_silenced_in_a_runs_stderr(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "without encryption" not in proc.stderr and "IPKernelApp] WARNING" not in proc.stderr
+    assert "KeyboardInterrupt" not in proc.stderr  # no SIGINT before the shutdown request
     assert _times(tmp_path, "out")["threads"] == "1"

@@ -168,8 +168,11 @@ def test_ctrl_c_ends_quietly_and_keeps_the_earlier_results(tmp_path):
     first = subprocess.run(_rft(*args, "-p", "pause=0"), env=_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    # a shell starts background jobs with SIGINT ignored, and children inherit that: give rft the
+    # default disposition a terminal's foreground job has, whatever started pytest
     proc = subprocess.Popen(_rft(*args, "-p", "pause=3", "-p", "seed=1"), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.perf_counter()
     while not list(tmp_path.glob(".staged.staging/staged/stage0.csv")) and time.perf_counter() - t0 < 120:
         time.sleep(0.05)  # the step has begun writing (into its staging folder)

@@ -296,3 +296,16 @@ def test_book_command_is_strict():
     cmd = cli.book_command(strict=True)
     assert cmd[1:3] == ["build", "."] and {"-W", "-n", "--keep-going"} <= set(cmd)
     assert os.path.basename(cmd[0]) == "jupyter-book"
+
+
+def test_kernel_stderr_is_relayed_without_the_shutdown_noise(tmp_path, capsys):
+    from rftlib.book.runner import SHUTDOWN_NOISE, _relay_kernel_stderr
+
+    log = tmp_path / "kernel.err"
+    log.write_text(f"[IPKernelApp] ERROR | {SHUTDOWN_NOISE}.\nUserWarning: a real warning\n")
+    _relay_kernel_stderr(log, show=True)
+    err = capsys.readouterr().err
+    assert "a real warning" in err and "KeyboardInterrupt" not in err and not log.exists()
+    log.write_text(f"[IPKernelApp] ERROR | {SHUTDOWN_NOISE}.\n")
+    _relay_kernel_stderr(log, show=True)
+    assert capsys.readouterr().err == ""

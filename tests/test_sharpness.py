@@ -1,7 +1,8 @@
 """Sharpness estimators: budgets, invariances, exact restore, prefix caching, seeds, validation."""
 
-import dataclasses
 import copy
+import dataclasses
+import functools
 import math
 
 import pytest
@@ -11,10 +12,12 @@ from torch import nn
 
 from rftlib.errors import NumericalError, ParameterError
 from rftlib.core.layers import layer_groups
-from rftlib.core.sharpness import (SharpnessResult, average_case_sharpness, layerwise_sharpness, project_ellipsoid,
-                              relative_norm, sharpness, step_checkpoints, worst_case_sharpness)
+from rftlib.core.sharpness import (SharpnessResult, layerwise_sharpness, project_ellipsoid, relative_norm, sharpness,
+                              step_checkpoints)
 
 FAST = dict(n_iters=4, m=8, progress=False)
+worst_case_sharpness = functools.partial(sharpness, kind="worst")
+average_case_sharpness = functools.partial(sharpness, kind="average")
 
 
 def _data(n=16, seed=0):

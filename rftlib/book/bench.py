@@ -14,10 +14,12 @@ load hits them alike; CPU seconds of this process, ``time.process_time``, best o
 - ``sharpness_whole``: whole-model worst-case adaptive ℓ∞ sharpness, the reference-style computation
   (:func:`reference_style_sharpness`) / rftlib's :func:`rftlib.core.sharpness.sharpness`; goal ≥ 2;
 - ``sharpness_layerwise``: the layer-wise sweep over every residual block at the default number of
-  ascent steps (20), reference-style / rftlib prefix-cached; goals ≥ 2 (rft-tiny), ≥ 2.5
-  (ViT-B/32 shape; full mode only, its 12 blocks at 20 steps take tens of minutes on 2 CPU cores).
+  ascent steps (20), reference-style / rftlib prefix-cached (goals ≥ 2 on rft-tiny, ≥ 2.5 on the
+  ViT-B/32 shape; full mode only, its 12 blocks at 20 steps take tens of minutes on 2 CPU cores),
+  and rftlib without the prefix cache (``naive``), whose values must equal the cached ones.
 
-:func:`run_benchmarks` is what ``rft bench`` and ``benchmarks/bench_path.py`` call.
+:func:`run_benchmarks` is what ``rft bench`` calls; ``rft bench --job`` (:mod:`rftlib.book.jobbench`)
+times the default job quiet and shared.
 
 Example:
     >>> sorted(GOALS)
@@ -97,14 +99,12 @@ def build_random_classifier(arch: str, n_classes: int = 3) -> nn.Module:
 
 def reference_style_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, keys: Sequence[str], *,
                               rho: float, n_iters: int, logit_norm: bool = True) -> float:
-    """Worst-case adaptive ℓ∞ sharpness of the parameters ``keys`` on one batch, computed the way the
-    reference implementation does it; returns L(w + δ_best) − L(w).
+    """L(w + δ_best) − L(w), worst-case adaptive ℓ∞, of ``keys`` on one batch, as the reference computes it.
 
-    Per ascent step: the full forward pass with a graph for every parameter, the gradients of *all*
+    Per ascent step: a full forward pass with a graph for every parameter, the gradients of *all*
     parameters (only those of ``keys`` are used), δ += η·c⊙sign(∇) with c = |w|, the projection onto
-    [−ρc, ρc], APGD momentum and step-size halving (as in :mod:`rftlib.core.sharpness`), then an
-    extra no-grad forward pass at the new iterate to track the best one. Weights and
-    ``requires_grad`` flags are restored afterwards.
+    [−ρc, ρc], APGD momentum and step-size halving (as in :mod:`rftlib.core.sharpness`), and an
+    extra no-grad forward at the new iterate to track the best one. Weights and flags are restored.
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
@@ -160,9 +160,9 @@ def reference_style_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 def _rftlib_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, keys: Sequence[str] | str,
-                      rho: float, n_iters: int, name: str) -> float:
+                      rho: float, n_iters: int, name: str, naive: bool = False) -> float:
     return sharpness(model, (x, y), keys, rho=rho, kind="worst", norm="linf", adaptive=True, n_iters=n_iters,
-                     m=len(x), seed=0, name=name, progress=False).value
+                     m=len(x), seed=0, name=name, progress=False, naive=naive).value
 
 
 def _batch(size: int, n: int, n_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,19 +259,24 @@ def bench_sharpness_whole(model: nn.Module, size: int, bs: int, n_iters: int, re
 
 def bench_sharpness_layerwise(model: nn.Module, size: int, bs: int, n_iters: int, repeats: int,
                               rho: float = 2e-3) -> dict[str, Any]:
-    """Layer-wise sweep over every residual block: reference-style / rftlib prefix-cached, summed."""
+    """Layer-wise sweep over every residual block, summed: reference-style, rftlib without the prefix
+    cache (``naive``: full forward, gradients for the block only) and rftlib prefix-cached (as used);
+    ``ratio`` is reference / cached, ``ratio_naive`` naive / cached (the cache alone; same values)."""
     x, y = _batch(size, bs, 3)
     blocks = {k: v for k, v in layer_groups(model).items() if k.startswith("block")}
-    ref_s = new_s = 0.0
+    total = {"reference": 0.0, "naive": 0.0, "rftlib": 0.0}
     per_block = []
     for layer, keys in blocks.items():
         res = best_of({"reference": lambda: reference_style_sharpness(model, x, y, keys, rho=rho, n_iters=n_iters),
+                       "naive": lambda: _rftlib_sharpness(model, x, y, keys, rho, n_iters, layer, naive=True),
                        "rftlib": lambda: _rftlib_sharpness(model, x, y, keys, rho, n_iters, layer)}, repeats)
-        ref_s, new_s = ref_s + res["reference"][0], new_s + res["rftlib"][0]
-        per_block.append({"layer": layer, "reference_s": res["reference"][0], "rftlib_s": res["rftlib"][0],
-                          "value_reference": res["reference"][2], "value_rftlib": res["rftlib"][2]})
-    return {"batch": bs, "n_iters": n_iters, "blocks": len(blocks), "reference_s": ref_s, "rftlib_s": new_s,
-            "ratio": ref_s / new_s, "per_block": per_block}
+        total = {k: total[k] + res[k][0] for k in total}
+        per_block.append({"layer": layer, **{f"{k}_s": res[k][0] for k in total},
+                          **{f"value_{k}": res[k][2] for k in total}})
+    return {"batch": bs, "n_iters": n_iters, "blocks": len(blocks), **{f"{k}_s": v for k, v in total.items()},
+            "ratio": total["reference"] / total["rftlib"], "ratio_naive": total["naive"] / total["rftlib"],
+            "max_abs_diff_naive_cached": max(abs(b["value_naive"] - b["value_rftlib"]) for b in per_block),
+            "per_block": per_block}
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -294,6 +299,20 @@ def _settings(quick: bool) -> dict[str, Any]:
 def _log(msg: str, verbose: bool) -> None:
     if verbose:
         print(msg, flush=True)
+
+
+def headline_ratios(sections: dict[str, Any]) -> dict[str, Any]:
+    """The ratios with goals (:data:`GOALS`) from the sections; the ViT-B/32 one only in full mode."""
+    ratios = {"sweep_vs_forward": sections["sweep_fp32"]["sweep_vs_forward"],
+              "sharpness_whole": _ratio("sharpness_whole", sections["sharpness_whole_rft-mini"]["ratio"], "rft-mini"),
+              "sharpness_layerwise_tiny": _ratio("sharpness_layerwise_tiny",
+                                                 sections["sharpness_layerwise_rft-tiny"]["ratio"], "rft-tiny")}
+    vit_key = "sharpness_layerwise_ViT-B-32-quickgelu"
+    ratios["sharpness_layerwise_vitb32"] = (
+        _ratio("sharpness_layerwise_vitb32", sections[vit_key]["ratio"], "ViT-B-32-quickgelu, 224 px")
+        if vit_key in sections else {"ratio": None, "goal": GOALS["sharpness_layerwise_vitb32"], "met": None,
+                                     "note": "not run in quick mode (`rft bench --full` runs it)"})
+    return ratios
 
 
 def run_benchmarks(quick: bool = True, out: str | Path | None = None, *, world: str = "fashion",
@@ -339,15 +358,6 @@ def run_benchmarks(quick: bool = True, out: str | Path | None = None, *, world: 
             m, 224 if vit else 28, cfg["vitb32_batch"] if vit else cfg["sharp_batch"], cfg["n_iters"],
             1 if vit else cfg["repeats"])
         _log(f"layer-wise sharpness {arch}: {sections[f'sharpness_layerwise_{arch}']['ratio']:.2f}x", verbose)
-    ratios = {"sweep_vs_forward": sections["sweep_fp32"]["sweep_vs_forward"],
-              "sharpness_whole": _ratio("sharpness_whole", sections["sharpness_whole_rft-mini"]["ratio"], "rft-mini"),
-              "sharpness_layerwise_tiny": _ratio("sharpness_layerwise_tiny",
-                                                 sections["sharpness_layerwise_rft-tiny"]["ratio"], "rft-tiny")}
-    vit_key = "sharpness_layerwise_ViT-B-32-quickgelu"
-    ratios["sharpness_layerwise_vitb32"] = (
-        _ratio("sharpness_layerwise_vitb32", sections[vit_key]["ratio"], "ViT-B-32-quickgelu, 224 px")
-        if vit_key in sections else {"ratio": None, "goal": GOALS["sharpness_layerwise_vitb32"], "met": None,
-                                     "note": "not run in quick mode (run without --quick)"})
     result = {
         "benchmark": "the whole study path (rftlib.book.bench): precision, alpha sweep vs plain forward, "
                      "single-layer path levers, whole-model and layer-wise sharpness vs a reference-style computation",
@@ -357,7 +367,7 @@ def run_benchmarks(quick: bool = True, out: str | Path | None = None, *, world: 
         "quick": quick, "world": wname, "settings": cfg, "torch": torch.__version__, "threads": threads,
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "device": "cpu",
         "loadavg_start": list(load0), "loadavg_end": list(os.getloadavg()),
-        "wall_s": time.perf_counter() - t0, "ratios": ratios, "sections": sections,
+        "wall_s": time.perf_counter() - t0, "ratios": headline_ratios(sections), "sections": sections,
     }
     if out is not None:
         atomic_write_json(out, result)

@@ -10,6 +10,7 @@ of the same root. The introduction and the reproduction page say which root, and
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from rftlib.book.claims import CLAIM_TEXTS, claims_matrix_html, read_claims, read_power
+from rftlib.book.claims import claims_matrix_html, read_claims, read_power
 from rftlib.files.io import atomic_write_text
 from rftlib.errors import ParameterError
 from rftlib.files.manifest import read_manifest, repo_root
@@ -436,17 +437,16 @@ def reproduce_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str
         parts.append("Re-creating a world's zero-shot checkpoint from scratch (`rft world pretrain NAME`; not part of the default "
                      "run, which uses the shipped checkpoints) took, measured while pretraining here:\n\n"
                      + _table(pd.DataFrame(rows), 1) + "\n")
-    b = root / "benchmarks" / "prefix.json"
-    if b.is_file():
-        data = json.loads(b.read_text())
-        res = pd.DataFrame(data.get("results", []))
-        keep = [c for c in res.columns if c in ("model", "arch", "batch", "image_size", "n_iters")
-                or "ratio" in c or "speedup" in c or c.endswith("_s")]
-        if len(res) and keep:
-            parts.append("Prefix caching for layer-wise sharpness (`benchmarks/bench_prefix.py`, a sweep over every "
-                         "block measured side by side in one run; seconds and speed-up ratios):\n\n" + _table(res[keep], 2) + "\n")
     parts.append(path_benchmark_fragment(root / "benchmarks" / "path.json"))
+    parts.append(job_benchmark_fragment(root / "benchmarks" / "job.json"))
     return "".join(parts)
+
+
+def _load_words(load: float, cores: Any) -> str:
+    """How busy the machine was: the ratios measured side by side mean something either way."""
+    busy = isinstance(cores, int) and load >= 0.5 * cores
+    return (f"load average {load:.1f} at the start" + (" (a shared machine: only the ratios, measured side by side in "
+                                                         "one run, mean anything)" if busy else ""))
 
 
 def path_benchmark_fragment(path: Path) -> str:
@@ -461,7 +461,7 @@ def path_benchmark_fragment(path: Path) -> str:
         True
     """
     if not path.is_file():
-        return "*No whole-path benchmark yet (`benchmarks/bench_path.py`).*\n\n"
+        return "*No whole-path benchmark yet (`rft bench`).*\n\n"
     data = json.loads(path.read_text())
     rows = []
     for name, r in data.get("ratios", {}).items():
@@ -469,10 +469,52 @@ def path_benchmark_fragment(path: Path) -> str:
         ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.2f}"
         rows.append(f"| {name} | {ratio} | ≥ {r.get('goal', float('nan')):g} | {met} | {r.get('note', '')} |")
     load = data.get("loadavg_start", [float("nan")])[0]
-    return ("The whole path (`benchmarks/bench_path.py`, " + ("quick mode, " if data.get("quick") else "")
-            + f"{data.get('threads', '?')} thread(s), load average {load:.1f} at the start: the machine was shared, "
-            "so only the ratios, measured side by side in one run, mean anything):\n\n"
+    return (f"The whole path (`rft bench{'' if data.get('quick') else ' --full'}`, "
+            + ("quick mode, " if data.get("quick") else "") + f"{data.get('threads', '?')} thread(s), "
+            + _load_words(load, data.get("cpu_count")) + f", {data.get('created', '')[:10]}):\n\n"
             "| ratio | value | goal | status | note |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+
+
+def job_benchmark_fragment(path: Path) -> str:
+    """The default job quiet and beside one CPU-bound process (``rftlib.book.jobbench``): each step's
+    seconds, the wall times, the loads, and the shared / quiet ratio against its goal.
+
+    Example:
+        >>> import json, tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "job.json"
+        >>> c = lambda w, s, l: {"wall_s": w, "steps": {"a": s}, "load": {"start": l, "mean": l, "max": l},
+        ...                      "results_equal_committed": {"all_equal": True, "tables": 3}}
+        >>> _ = p.write_text(json.dumps({"layout": "--jobs 2 --threads 1", "cpu_count": 2,
+        ...     "conditions": {"quiet": c(60.0, 50.0, 0.1), "shared": c(84.0, 70.0, 3.0)},
+        ...     "shared_vs_quiet": {"ratio": 1.4, "goal_at_most": 1.5, "met": True}}))
+        >>> text = job_benchmark_fragment(p)
+        >>> "| a | 50.0 | 70.0 | 1.40 |" in text, "1.40× (goal: at most 1.5×, met)" in text
+        (True, True)
+    """
+    if not path.is_file():
+        return "*The default job has not been timed quiet against shared yet (`rft bench --job`).*\n\n"
+    data = json.loads(path.read_text())
+    cond = data.get("conditions", {})
+    if not {"quiet", "shared"} <= set(cond):
+        return f"*The default job's timing (`{path.name}`) lacks a condition: it has {sorted(cond)}.*\n\n"
+    q, s = cond["quiet"], cond["shared"]
+    rows = [f"| {n} | {q['steps'][n]:.1f} | {s['steps'][n]:.1f} | {s['steps'][n] / q['steps'][n]:.2f} |"
+            for n in q["steps"] if n in s["steps"]]
+    rows.append(f"| **wall time of the pipeline** | {q['wall_s']:.1f} | {s['wall_s']:.1f} | {s['wall_s'] / q['wall_s']:.2f} |")
+    r = data.get("shared_vs_quiet", {})
+    met = "met" if r.get("met") else "**not met**"
+    same = all(c.get("results_equal_committed", {}).get("all_equal") for c in (q, s))
+    loads = "; ".join(f"{k}" + (f" (started {c['started'][:16].replace('T', ' ')} UTC)" if c.get("started") else "")
+                      + f": {c['load']['start']:.2f} at the start, mean {c['load']['mean']:.2f}, max {c['load']['max']:.2f}"
+                      for k, c in (("quiet", q), ("shared", s)))
+    return ("The default job measured by `rft bench --job` (a fresh clone of the commit per condition, every step "
+            f"recomputed, `{data.get('layout', '')}` on {data.get('cpu_count')} cores), quiet and beside one other "
+            f"CPU-bound process (a Python busy loop). Shared / quiet wall time: {r.get('ratio', float('nan')):.2f}× "
+            f"(goal: at most {r.get('goal_at_most', float('nan')):g}×, {met}). 1-minute load averages, sampled every "
+            f"15 s (the pipeline's own two kernels make about 2): {loads}. "
+            + ("Every result table of both runs equals the committed one (timing columns aside)."
+               if same else "**Some result tables differ from the committed ones** (see the JSON).")
+            + "\n\n| step | quiet (s) | shared (s) | shared / quiet |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
 def _as_root(results: str | os.PathLike) -> Path:
@@ -521,7 +563,8 @@ def toc_for(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, out: str | Path =
     root = results_folder(results)
     base = repo_root()
     rel = root.relative_to(base).as_posix()
-    toc = yaml.safe_load((base / "_toc.yml").read_text())
+    original = yaml.safe_load((base / "_toc.yml").read_text())
+    toc = copy.deepcopy(original)
 
     def keep(entry: dict) -> dict | None:
         f = entry.get("file", "")
@@ -539,7 +582,6 @@ def toc_for(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, out: str | Path =
                     del entry[key]
         return entry
 
-    original = yaml.safe_load((base / "_toc.yml").read_text())
     toc["parts"] = [keep(part) for part in toc.get("parts", [])]
     if toc == original:
         return None

@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import shutil
 import tempfile
@@ -212,39 +211,24 @@ _INTERRUPTED: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(runner, "StepInterrupted", None),) if isinstance(t, type))
 
 
-def _runner_takes_env() -> bool:
-    return "kernel_env" in inspect.signature(run_notebook).parameters
-
-
 def run_pipeline(
-    pipeline: ParamFile | str | os.PathLike,
-    *,
-    only: Iterable[str] | str | None = None,
-    from_step: str | None = None,
-    force: bool = False,
-    results_dir: str | os.PathLike | None = None,
-    kernel_name: str = "python3",
-    timeout: float | None = None,
-    echo: Callable[[str], None] | None = None,
-    jobs: int | None = None,
-    threads: int | None = None,
-    tty: bool | None = None,
+    pipeline: ParamFile | str | os.PathLike, *, only: Iterable[str] | str | None = None,
+    from_step: str | None = None, force: bool = False, results_dir: str | os.PathLike | None = None,
+    kernel_name: str = "python3", timeout: float | None = None, echo: Callable[[str], None] | None = None,
+    jobs: int | None = None, threads: int | None = None, tty: bool | None = None,
 ) -> list[RunResult]:
     """Run a pipeline's steps (validated first), independent ones side by side, caching unchanged steps.
 
     Args:
         pipeline: a loaded :class:`~rftlib.book.params.ParamFile`, or a parameter file name or path.
-        only: run only these steps. from_step: run this step and the ones after it.
-        force: rerun steps even when cached.
+        only, from_step: run only these steps; this step and the ones after it. ``force``: even cached ones.
         results_dir: where step folders go (default: the pipeline's ``results_root``); the folders
             its steps leave empty are resolved against it too.
-        kernel_name: the Jupyter kernel.
         timeout: seconds per cell, for steps whose file sets no ``timeout`` (default 3600).
         echo: where progress lines go (default: standard error, live lines on a terminal).
-        jobs: steps run side by side (default: the free cores; see :func:`~rftlib.book.schedule.thread_policy`).
-        threads: compute threads per kernel (default: free cores // jobs).
-        tty: update the progress lines in place (default: when standard error is a terminal and no
-            ``echo`` is given).
+        jobs, threads: steps side by side, threads per kernel (default: the free cores, and free cores
+            // jobs; :func:`~rftlib.book.schedule.thread_policy`). ``tty``: update progress lines in
+            place (default: when standard error is a terminal and no ``echo`` is given).
 
     Returns:
         One :class:`~rftlib.book.runner.RunResult` per step run, in pipeline order.
@@ -258,8 +242,6 @@ def run_pipeline(
     steps = select_steps(pf, only, from_step)
     params = validate_pipeline(pf, steps)
     policy = thread_policy(jobs, threads)
-    if not _runner_takes_env():
-        policy = thread_policy(1, policy.threads)
     graph = restrict(pipeline_graph(pf, results, params), [s.name for s in steps])
     timings_dir = results / PIPELINE_DIR
     recorded = _recorded_times(timings_dir / TIMINGS_NAME)
@@ -279,11 +261,22 @@ def run_pipeline(
     finally:
         shutil.rmtree(progress_dir, ignore_errors=True)
     ordered = [done[s.name] for s in steps if s.name in done]
+    _record_run(timings_dir, ordered, pf.step_names(), manifest)
+    _summary(relay, pf, steps, done, errors, skipped, recorded, time.perf_counter() - t_all)
+    _raise_failures(errors, skipped)
+    return ordered
+
+
+def _record_run(timings_dir: Path, ordered: Sequence[RunResult], order: list[str], manifest: Any) -> None:
+    """The steps' times (``timings.csv``) and the pipeline's manifest, when any step ran."""
     if ordered:
         rows = [{"step": r.name, "seconds": r.seconds, "cached": r.cached} for r in ordered]
-        _write_timings(timings_dir / TIMINGS_NAME, rows, pf.step_names())
+        _write_timings(timings_dir / TIMINGS_NAME, rows, order)
         write_manifest(timings_dir, manifest.finish())
-    _summary(relay, pf, steps, done, errors, skipped, recorded, time.perf_counter() - t_all)
+
+
+def _raise_failures(errors: Mapping[str, BaseException], skipped: Mapping[str, str]) -> None:
+    """Ctrl-C first; one failure as itself; several, or steps left out, as :class:`StepsFailed`."""
     stopped = [e for e in errors.values() if isinstance(e, _INTERRUPTED)]
     if stopped:
         raise stopped[0]
@@ -291,7 +284,6 @@ def run_pipeline(
         if len(errors) == 1 and not skipped:
             raise next(iter(errors.values()))
         raise StepsFailed(errors, skipped)
-    return ordered
 
 
 def _step_runner(steps: Sequence[Step], params: Mapping[str, dict[str, Any]], results: Path, policy: Policy,
@@ -326,21 +318,9 @@ def _step_runner(steps: Sequence[Step], params: Mapping[str, dict[str, Any]], re
 
 
 def _run_step(step: Step, params: dict[str, Any], out_dir: Path, env: Mapping[str, str], **kw: Any) -> RunResult:
-    """Run one step's notebook with ``env`` for its kernel (set in this process's environment where
-    the runner cannot pass one; the pipeline then runs one step at a time)."""
-    common = dict(inputs=step.inputs, extra_checks=step.validate, name=step.name, **kw)
-    if _runner_takes_env():
-        return run_notebook(step.notebook or "", params, out_dir, kernel_env=dict(env), **common)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return run_notebook(step.notebook or "", params, out_dir, **common)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """Run one step's notebook with ``env`` for its kernel."""
+    return run_notebook(step.notebook or "", params, out_dir, kernel_env=dict(env), inputs=step.inputs,
+                        extra_checks=step.validate, name=step.name, **kw)
 
 
 def _summary(relay: Relay, pf: ParamFile, steps: Sequence[Step], done: Mapping[str, RunResult],

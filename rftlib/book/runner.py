@@ -632,15 +632,14 @@ def run_notebook(
     log: Callable[[str], None] | None = None,
     kernel_env: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Validate ``params``, execute ``notebook`` with papermill, and record it in ``out_dir``.
+    """Validate ``params``, execute ``notebook`` with papermill, and record it in ``out_dir``: a :class:`RunResult`.
 
     Args:
         notebook: the source notebook (relative paths: current folder, then repository root).
         params: parameter values; names and types are checked against the ``parameters`` cell.
         out_dir: the results folder (default: the ``out_dir`` parameter if given, else
             ``book/results/<name>``); checked before any kernel starts.
-        kernel_name: the Jupyter kernel (checked/installed with :func:`ensure_kernel`).
-        cwd: working folder of the kernel (default: the repository root).
+        kernel_name, cwd: the Jupyter kernel (:func:`ensure_kernel`); its folder (default: the repository root).
         timeout: seconds allowed per cell, ≥ 1 (``None``: no limit); see :func:`check_timeout`.
         force: rerun even when a matching cached run exists.
         inputs: named input files or folders, hashed into the manifest and the cache key; string
@@ -648,20 +647,15 @@ def run_notebook(
             step's results folder, are added automatically as ``param:<name>``. The variables of
             :data:`CACHE_ENV_VARS` enter the cache key too.
         extra_checks: value checks run before execution (see :func:`rftlib.book.params.validate_params`).
-        name: the step name (default: the notebook's file name stem).
-        start_timeout: seconds to wait for the kernel to start.
-        log: where to send one-line progress messages (default: none).
+        name: the step name (default: the notebook's file name stem); ``start_timeout``: seconds to
+            wait for the kernel; ``log``: where one-line progress messages go (default: none).
         kernel_env: environment variables for the kernel, on top of this process's (e.g. the
             pipeline's thread policy and progress file; see :mod:`rftlib.book.kernel`).
 
-    Returns:
-        A :class:`RunResult`.
-
     Raises:
         ParameterError: bad parameters, timeout or results folder, before any execution.
-        NotebookExecutionError: the notebook failed; the message names the cell (numbered from 1
-            as in the notebook) and the error, the results folder is as before, and the failed
-            notebook is saved in it as ``<notebook name>.failed.ipynb``.
+        NotebookExecutionError: the message names the cell (numbered from 1) and the error; the
+            results folder is as before, plus the failed notebook ``<name>.failed.ipynb``.
         StepInterrupted: Ctrl-C; the results folder is as before.
     """
     say = log or (lambda _msg: None)
@@ -676,24 +670,30 @@ def run_notebook(
         given[OUT_DIR_PARAM] = _show(out, root)
     checked = validate_params(src, given, extra_checks=extra_checks)
     manifest, all_inputs = _prepare(src, step, out, checked, specs, inputs, kernel_name)
-    executed = out / f"{src.stem}.ipynb"
-    hit = _cached(out, executed, manifest, step, force, say)
-    if hit is not None:
-        return hit
-    ensure_kernel(kernel_name)
+    hit = _cached(out, out / f"{src.stem}.ipynb", manifest, step, force, say)
+    return hit if hit is not None else _run_staged(
+        src, step, out, checked, manifest, all_inputs, say, kernel_name=kernel_name,
+        cwd=Path(cwd) if cwd is not None else root, timeout=timeout, start_timeout=start_timeout, kernel_env=kernel_env)
+
+
+def _run_staged(src: Path, step: str, out: Path, checked: Mapping[str, Any], manifest: Any, all_inputs: Any,
+                say: Callable[[str], None], **kw: Any) -> RunResult:
+    """Execute into a staging folder and rename it into ``out`` (a failure leaves ``out`` as it was)."""
+    ensure_kernel(kw["kernel_name"])
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = _begin_staging(out)
+    root = repo_root()
     say(f"{step}: running {portable_path(src, root)}")
     t0 = time.perf_counter()
     try:
         with manifest.step("execute"):
-            _execute(src, stage, out, checked, kernel_name=kernel_name, cwd=Path(cwd) if cwd is not None else root,
-                     timeout=timeout, start_timeout=start_timeout, step=step, kernel_env=kernel_env)
+            _execute(src, stage, out, checked, step=step, **kw)
         _finish(src, stage, out, manifest, all_inputs)
     except BaseException:
         _discard_quietly(stage.parent)
         raise
     secs = time.perf_counter() - t0
+    executed = out / f"{src.stem}.ipynb"
     say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
     return RunResult(step, executed, out, dict(manifest), False, secs)
 
@@ -751,10 +751,16 @@ def _stderr_to(manager: type, err: Any) -> type:
     return KernelStderrToFile
 
 
+#: What an idle kernel logs for the SIGINT that jupyter_client sends before every shutdown request.
+SHUTDOWN_NOISE = "KeyboardInterrupt caught in kernel"
+
+
 def _relay_kernel_stderr(path: Path, show: bool) -> None:
-    """Copy what the kernel wrote to its stderr to ours (unless ``show`` is false); never raises."""
+    """Copy what the kernel wrote to its stderr to ours (unless ``show`` is false), without the
+    shutdown's :data:`SHUTDOWN_NOISE` lines; never raises."""
     try:
         text = path.read_text(errors="replace") if path.is_file() else ""
+        text = "".join(ln for ln in text.splitlines(keepends=True) if SHUTDOWN_NOISE not in ln)
         if show and text.strip():
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
         path.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ short probe measures it faster on this machine (:func:`resolve_precision`, cache
 device), fp32 elsewhere (e.g. a CPU without bf16 instructions, where bf16 autocast is slower).
 
 The tolerance of bf16 against fp32 is measured in ``tests/test_precision.py`` and by
-``benchmarks/bench_path.py``. Sharpness should stay fp32 (see :mod:`rftlib.models.device`): its
+``rft bench`` (:mod:`rftlib.book.bench`). Sharpness should stay fp32 (see :mod:`rftlib.models.device`): its
 perturbations are smaller than bf16's rounding step.
 
 This module is pure tensor code (rank 1), so that :mod:`rftlib.core.evaluation`,

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +227,13 @@ def _as_batches(data, batch_size: int, device: torch.device):
             yield xb.to(device), torch.as_tensor(yb).to(device)
 
 
+def _scores(logits: torch.Tensor, y: torch.Tensor, subset: Any) -> tuple[float, int]:
+    """Summed cross-entropy and number correct of one batch (on the class subset, if any)."""
+    if subset is not None:
+        logits = subset.project(logits)
+    return F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(dim=1) == y).sum().item()
+
+
 @torch.no_grad()
 def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str], alphas: Sequence[float],
                       hold: str = "ft", batch_size: int = 1000, progress: bool = True,
@@ -240,23 +247,16 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
     those classes, as there). The model is left at the last α.
 
     Args:
-        model: the model the interpolator writes into.
         interpolator: an :class:`rftlib.core.interpolation.Interpolator` of ``model``.
         data: ``(x, y)`` tensors, a ``Dataset``, or an iterable of ``(x, y)`` batches.
-        keys: the state-dict keys that move (one layer's keys).
-        alphas: the interpolation coefficients.
-        hold: endpoint of every other key, ``"ft"`` or ``"zs"``.
-        batch_size: examples per forward pass (for ``(x, y)`` and datasets).
-        progress: show a progress bar over batches.
-        precision: the forwards' precision (prefix and suffix), ``"fp32"`` (default), ``"bf16"`` or
-            ``"auto"`` (:mod:`rftlib.core.precision`); loss and accuracy are computed in float32.
+        keys, hold: the state-dict keys that move (one layer's); the endpoint of the others, ``"ft"`` or ``"zs"``.
+        precision: of the forwards, ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`rftlib.core.precision`);
+            loss and accuracy are computed in float32.
 
     Returns:
         One row ``{"alpha", "loss", "accuracy", "n"}`` per α, in the order given.
 
     Example:
-        >>> import torch
-        >>> from torch import nn
         >>> from rftlib.core.interpolation import Interpolator
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> zs = {k: v.clone() for k, v in net.state_dict().items()}
@@ -288,11 +288,8 @@ def layer_alpha_sweep(model: nn.Module, interpolator, data, keys: Sequence[str],
                 yb = subset.map_labels(yb)
             for j, a in enumerate(alphas):
                 interpolator.move(a, keys)
-                logits = forward_logits(suffix, h, precision, device)
-                if subset is not None:
-                    logits = subset.project(logits)
-                loss_sum[j] += F.cross_entropy(logits, yb, reduction="sum").item()
-                correct[j] += (logits.argmax(dim=1) == yb).sum().item()
+                dl, dc = _scores(forward_logits(suffix, h, precision, device), yb, subset)
+                loss_sum[j], correct[j] = loss_sum[j] + dl, correct[j] + dc
             n += len(yb)
     finally:
         model.train(was_training)

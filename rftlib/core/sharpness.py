@@ -81,25 +81,9 @@ from rftlib.core.layers import layer_groups
 from rftlib.core.prefix import SuffixModel, model_stages, stage_of_keys
 from rftlib.progress import bar
 
-__all__ = [
-    "KINDS",
-    "NORMS",
-    "L2_PROJECTIONS",
-    "SharpnessConfig",
-    "SharpnessResult",
-    "NothingToPerturbError",
-    "sharpness",
-    "worst_case_sharpness",
-    "average_case_sharpness",
-    "layerwise_sharpness",
-    "step_checkpoints",
-    "normalize_logits",
-    "project_linf",
-    "project_l2",
-    "project_ellipsoid",
-    "relative_norm",
-    "resolve_group",
-]
+__all__ = ["KINDS", "NORMS", "L2_PROJECTIONS", "SharpnessConfig", "SharpnessResult", "NothingToPerturbError",
+           "sharpness", "layerwise_sharpness", "step_checkpoints", "normalize_logits", "project_linf", "project_l2",
+           "project_ellipsoid", "relative_norm", "resolve_group"]
 
 KINDS: tuple[str, ...] = ("worst", "average")
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -1003,37 +987,6 @@ def _average_batch(ctx: _Batch, h: torch.Tensor, y: torch.Tensor, loss0: float, 
     pert.set(None)
     n = len(gaps)
     return sum(gaps) / n, sum(egaps) / n, sum(dns) / n, sum(rns) / n
-
-
-def worst_case_sharpness(model: nn.Module, data: Any, group: str | Sequence[str] = "all", **kwargs: Any
-                         ) -> SharpnessResult:
-    """:func:`sharpness` with ``kind="worst"``.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(3, 2))
-        >>> data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
-        >>> worst_case_sharpness(net, data, rho=0.1, n_iters=2, progress=False).settings["kind"]
-        'worst'
-    """
-    return sharpness(model, data, group, kind="worst", **kwargs)
-
-
-def average_case_sharpness(model: nn.Module, data: Any, group: str | Sequence[str] = "all", **kwargs: Any
-                           ) -> SharpnessResult:
-    """:func:`sharpness` with ``kind="average"`` (``norm="l2"``: Gaussian, ``"linf"``: uniform noise).
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(3, 2))
-        >>> data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
-        >>> r = average_case_sharpness(net, data, rho=0.1, norm="l2", n_iters=3, progress=False)
-        >>> r.settings["kind"], r.n_examples
-        ('average', 8)
-    """
-    return sharpness(model, data, group, kind="average", **kwargs)
 
 
 def layerwise_sharpness(model: nn.Module, data: Any, layers: Mapping[str, Sequence[str]] | None = None, *,

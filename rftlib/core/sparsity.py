@@ -294,6 +294,26 @@ def control_layers(groups: Mapping[str, Sequence[str]], stragglers: Sequence[str
     return [n for n in pool if n in pick]
 
 
+def _check_sweep(ps: Iterable[float], interventions: Sequence[str], magnitude_source: str, seed: Any,
+                 alphas: Iterable[float] | None, splits: Mapping[str, Split]) -> tuple[list[float], int, list[float]]:
+    """The arguments of :func:`sparsity_sweep`, checked: ``(ps, seed, alphas)``."""
+    ps = [check_p(p, "ps") for p in ps]
+    if not ps:
+        raise ParameterError("ps is empty; give at least one p in [0, 1).")
+    bad = [i for i in interventions if i not in INTERVENTIONS]
+    if bad or not interventions:
+        raise ParameterError(f"interventions={list(interventions)!r}: each must be one of {INTERVENTIONS}.")
+    if magnitude_source not in MAGNITUDE_SOURCES:
+        raise ParameterError(f"magnitude_source={magnitude_source!r} is not one of {MAGNITUDE_SOURCES}.")
+    seed = _check_seed(seed)
+    alphas = [check_alpha(a, "alphas") for a in (alpha_grid(11) if alphas is None else alphas)]
+    if not alphas:
+        raise ParameterError("alphas is empty; give at least one value in [0, 1].")
+    if not splits:
+        raise ParameterError("splits is empty; give at least one named split.")
+    return ps, seed, alphas
+
+
 def sparsity_sweep(
     model: nn.Module, theta_zs: Mapping[str, torch.Tensor], theta_ft: Mapping[str, torch.Tensor],
     splits: Mapping[str, Split], stragglers: Sequence[str], ps: Iterable[float] = DEFAULT_PS,
@@ -318,20 +338,7 @@ def sparsity_sweep(
         Tidy rows ``{"intervention", "target", "p", "seed", "n_zeroed", "alpha", "split",
         "accuracy", "loss", "n"}``; target is ``"stragglers"``, ``"control"`` or ``"none"``.
     """
-    ps = [check_p(p, "ps") for p in ps]
-    if not ps:
-        raise ParameterError("ps is empty; give at least one p in [0, 1).")
-    bad = [i for i in interventions if i not in INTERVENTIONS]
-    if bad or not interventions:
-        raise ParameterError(f"interventions={list(interventions)!r}: each must be one of {INTERVENTIONS}.")
-    if magnitude_source not in MAGNITUDE_SOURCES:
-        raise ParameterError(f"magnitude_source={magnitude_source!r} is not one of {MAGNITUDE_SOURCES}.")
-    seed = _check_seed(seed)
-    alphas = [check_alpha(a, "alphas") for a in (alpha_grid(11) if alphas is None else alphas)]
-    if not alphas:
-        raise ParameterError("alphas is empty; give at least one value in [0, 1].")
-    if not splits:
-        raise ParameterError("splits is empty; give at least one named split.")
+    ps, seed, alphas = _check_sweep(ps, interventions, magnitude_source, seed, alphas, splits)
     check_compatible(theta_zs, theta_ft)
     s_keys, c_keys = _target_keys(model, theta_ft, stragglers, control, ps, granularity, include_1d)
     jobs = [("none", "none", 0.0)] if baseline else []

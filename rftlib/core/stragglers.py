@@ -233,29 +233,18 @@ def single_layer_paths(
     """Accuracy and loss along every single-layer path (and the full path, layer ``"all"``).
 
     Args:
-        model: the classifier whose state dict has exactly the endpoints' keys; it is restored to its
-            weights on return.
-        theta_zs, theta_ft: the endpoints.
-        splits: named splits (see :mod:`rftlib.core.evaluation`).
-        layers: layer names (resolved at ``granularity``; ``None`` = every layer) or a mapping
-            name → state-dict keys.
-        alphas: the α grid (default ``alpha_grid(11)``); each in [0, 1].
-        hold: where every other layer stays: ``"ft"``, ``"zs"`` or ``"both"`` (both variants).
-        direction: ``"task"`` (θ_zs,ℓ + α·τ_ℓ) or ``"random"`` (θ_zs,ℓ + α·d, ‖d‖ = ‖τ_ℓ‖, seeded).
-        seed: seed of the random direction (layer i uses ``seed + i``).
-        cumulative: the cumulative control: group ℓ moves the first ℓ layers together.
-        include_full: add the full task-vector path (layer ``"all"``, hold ``"none"``, direction
-            ``"task"``) at ``alphas`` ∪ {0, 1}, needed by :func:`layer_barriers` for the endpoint
-            losses.
-        device: where batches go; defaults to (and should be) the model's device.
-        shared_prefix: compute the fixed prefix once per batch (:mod:`rftlib.core.prefix`); off = full
-            forward per α (same numbers, slower).
-        reuse_endpoints: with ``include_full``, take the points of a single-layer path whose weights
-            are exactly a full-model endpoint (α = 1 of a task path held at θ_ft, α = 0 of a path held
-            at θ_zs) from the full path instead of evaluating them again (same numbers: the full path
-            and the prefix route compute the same function on the same batches).
-        precision: the forwards' precision, ``"fp32"`` (default), ``"bf16"`` or ``"auto"``
-            (:mod:`rftlib.core.precision`; losses and accuracies in float32).
+        model: the classifier with exactly the endpoints' keys (θ_zs, θ_ft); restored on return.
+        layers: layer names (at ``granularity``; ``None`` = every layer) or a mapping name → keys.
+        alphas: the α grid (default ``alpha_grid(11)``); ``hold``: where every other layer stays,
+            ``"ft"``, ``"zs"`` or ``"both"``.
+        direction, seed: ``"task"`` (θ_zs,ℓ + α·τ_ℓ) or ``"random"`` (θ_zs,ℓ + α·d, ‖d‖ = ‖τ_ℓ‖,
+            layer i seeded ``seed + i``); ``cumulative``: group ℓ moves the first ℓ layers together.
+        include_full: add the full path (layer ``"all"``, hold ``"none"``) at ``alphas`` ∪ {0, 1}, for
+            the endpoint losses of :func:`layer_barriers`.
+        shared_prefix: compute the fixed prefix once per batch (:mod:`rftlib.core.prefix`; same numbers).
+        reuse_endpoints: take a single-layer path's points whose weights are a full-model endpoint
+            (α = 1 held at θ_ft, α = 0 held at θ_zs) from the full path (same numbers).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`rftlib.core.precision`).
 
     Returns:
         Tidy rows ``{"layer", "group", "hold", "direction", "alpha", "split", "accuracy", "loss",
@@ -326,6 +315,31 @@ def _records(table: Any) -> list[dict]:
     return [dict(r) for r in table]
 
 
+def _ood_of(splits: list[str], id_split: str, ood_splits: Sequence[str] | None) -> list[str]:
+    """The OOD splits (default: every split but ``id_split``), checked against the rows' splits."""
+    if id_split not in splits:
+        raise ParameterError(f"id_split={id_split!r} is not among the rows' splits {splits}.")
+    ood = [s for s in splits if s != id_split] if ood_splits is None else list(ood_splits)
+    bad = [s for s in ood if s not in splits]
+    if bad or not ood:
+        raise ParameterError(f"ood_splits={ood_splits!r}: need at least one of the rows' splits {splits} "
+                             f"other than id_split={id_split!r}.")
+    return ood
+
+
+def _paths_of(recs: list[dict]) -> dict[tuple, dict[float, dict[str, dict]]]:
+    """Rows grouped per path (layer, group, hold, direction) → α → split; the full path must be there."""
+    paths: dict[tuple, dict[float, dict[str, dict]]] = {}
+    for r in recs:
+        key = (r["layer"], r.get("group", "single"), r.get("hold", "ft"), r.get("direction", "task"))
+        paths.setdefault(key, {}).setdefault(float(r["alpha"]), {})[r["split"]] = r
+    full = [k for k in paths if k[0] == FULL]
+    if not full or not {0.0, 1.0} <= set(paths[full[0]]):
+        raise ParameterError(f"rows lack the full path (layer {FULL!r} at alpha 0 and 1); "
+                             "run single_layer_paths with include_full=True.")
+    return paths
+
+
 def layer_barriers(rows: Any, id_split: str = "id", ood_splits: Sequence[str] | None = None) -> list[dict]:
     """Per path (layer, group, hold, direction): barrier, midpoint barrier, OOD drop and swap.
 
@@ -340,23 +354,9 @@ def layer_barriers(rows: Any, id_split: str = "id", ood_splits: Sequence[str] | 
     recs = _records(rows)
     if not recs:
         raise ParameterError("rows is empty; run single_layer_paths first.")
-    splits = list(dict.fromkeys(r["split"] for r in recs))
-    if id_split not in splits:
-        raise ParameterError(f"id_split={id_split!r} is not among the rows' splits {splits}.")
-    ood = [s for s in splits if s != id_split] if ood_splits is None else list(ood_splits)
-    bad = [s for s in ood if s not in splits]
-    if bad or not ood:
-        raise ParameterError(f"ood_splits={ood_splits!r}: need at least one of the rows' splits {splits} "
-                             f"other than id_split={id_split!r}.")
-    paths: dict[tuple, dict[float, dict[str, dict]]] = {}
-    for r in recs:
-        key = (r["layer"], r.get("group", "single"), r.get("hold", "ft"), r.get("direction", "task"))
-        paths.setdefault(key, {}).setdefault(float(r["alpha"]), {})[r["split"]] = r
-    full = [k for k in paths if k[0] == FULL]
-    if not full or not {0.0, 1.0} <= set(paths[full[0]]):
-        raise ParameterError(f"rows lack the full path (layer {FULL!r} at alpha 0 and 1); "
-                             "run single_layer_paths with include_full=True.")
-    fp = paths[full[0]]
+    ood = _ood_of(list(dict.fromkeys(r["split"] for r in recs)), id_split, ood_splits)
+    paths = _paths_of(recs)
+    fp = paths[next(k for k in paths if k[0] == FULL)]
 
     def mean_ood(at: dict[str, dict]) -> float:
         missing = [s for s in ood if s not in at]

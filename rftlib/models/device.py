@@ -316,6 +316,26 @@ def _free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def _default_trial(model: nn.Module, shape: tuple[int, ...], dev: torch.device, backward: bool,
+                   use_autocast: bool) -> Callable[[int], None]:
+    """One forward (and, with ``backward``, backward) of random inputs of shape ``(bs, *shape)``."""
+
+    def trial(bs: int) -> None:
+        x = torch.rand((bs, *shape), device=dev)
+        try:
+            if backward:
+                with autocast(dev, use_autocast):
+                    out = model(x)
+                out.float().sum().backward()
+            else:
+                with torch.no_grad(), autocast(dev, use_autocast):
+                    model(x)
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    return trial
+
+
 def memory_aware_batch_size(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -334,14 +354,11 @@ def memory_aware_batch_size(
     cleared afterwards. Pass ``trial`` to test your own step (or, in tests, to inject an OOM).
 
     Args:
-        model: the model to fit.
-        input_shape: one example's shape, e.g. ``(3, 224, 224)``.
-        device: where to run (default: the model's device).
-        start: the first batch size tried.
-        min_bs: the smallest acceptable batch size.
+        input_shape: one example's shape, e.g. ``(3, 224, 224)``; ``device``: default the model's.
+        start, min_bs: the first and the smallest batch size tried.
         trial: ``trial(bs)`` runs one step at batch size ``bs`` (replaces the default trial).
-        backward: the default trial also runs a backward pass (fine-tuning, sharpness).
-        use_autocast: the default trial runs its forward under :func:`autocast`.
+        backward, use_autocast: the default trial also runs a backward pass (fine-tuning,
+            sharpness); its forward runs under :func:`autocast`.
 
     Raises:
         ParameterError: bad arguments.
@@ -360,21 +377,7 @@ def memory_aware_batch_size(
     if not shape or any(s < 1 for s in shape):
         raise ParameterError(f"input_shape={tuple(input_shape)!r} must be one example's shape, e.g. (3, 224, 224).")
     dev = _as_device(model if device is None else device)
-
-    def default_trial(bs: int) -> None:
-        x = torch.rand((bs, *shape), device=dev)
-        try:
-            if backward:
-                with autocast(dev, use_autocast):
-                    out = model(x)
-                out.float().sum().backward()
-            else:
-                with torch.no_grad(), autocast(dev, use_autocast):
-                    model(x)
-        finally:
-            model.zero_grad(set_to_none=True)
-
-    run = trial or default_trial
+    run = trial or _default_trial(model, shape, dev, backward, use_autocast)
     last: BaseException | None = None
     for bs in candidates:
         try:

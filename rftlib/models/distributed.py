@@ -127,6 +127,23 @@ def barrier() -> None:
             dist.barrier()
 
 
+def _rank_device(device: str | torch.device, local: int) -> torch.device:
+    """This rank's device: CUDA device ``local`` for ``"auto"``/``"cuda"`` when CUDA is there, else as asked."""
+    req = str(device).lower()
+    if req in ("auto", "cuda") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if local >= n:
+            raise ParameterError(f"LOCAL_RANK={local} but this machine has {n} CUDA device(s): "
+                                 f"use --nproc_per_node <= {n}.")
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    if req.startswith("cuda:") and torch.cuda.is_available():
+        dev = pick_device(req)
+        torch.cuda.set_device(dev)
+        return dev
+    return pick_device(device if req != "auto" else "cpu")
+
+
 def init_from_env(backend: str | None = None, device: str | torch.device = "auto",
                   timeout_s: float | None = None) -> DistInfo:
     """Initialize the process group from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``,
@@ -167,19 +184,7 @@ def init_from_env(backend: str | None = None, device: str | torch.device = "auto
     for v in ("MASTER_ADDR", "MASTER_PORT"):
         if v not in os.environ:
             raise ParameterError(f"environment variable {v} is missing; torchrun sets it (or export it yourself).")
-    req = str(device).lower()
-    if req in ("auto", "cuda") and torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if local >= n:
-            raise ParameterError(f"LOCAL_RANK={local} but this machine has {n} CUDA device(s): "
-                                 f"use --nproc_per_node <= {n}.")
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    elif req.startswith("cuda:") and torch.cuda.is_available():
-        dev = pick_device(req)
-        torch.cuda.set_device(dev)
-    else:
-        dev = pick_device(device if req != "auto" else "cpu")
+    dev = _rank_device(device, local)
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if backend == "nccl" and dev.type != "cuda":
         raise ParameterError(f"backend='nccl' needs CUDA devices; this rank runs on {dev}. Use backend='gloo'.")
@@ -277,6 +282,24 @@ def _rows_of(result: Any, item: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _merge_in_group(out: Path, r: int, w: int, keep_shards: bool) -> None:
+    """All ranks wait; rank 0 merges and tells the others whether it could (an error on every rank)."""
+    barrier()
+    error: list[str | None] = [None]
+    exc: Exception | None = None
+    if r == 0:
+        try:
+            merge_shards(out, w, keep_shards=keep_shards)
+        except Exception as e:  # noqa: BLE001 - re-raised below on every rank
+            error = [f"{type(e).__name__}: {e}"]
+            exc = e
+    dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        if exc is not None:
+            raise exc
+        raise RuntimeError(f"rank 0 could not merge the shards of {out}: {error[0]}")
+
+
 def run_sharded(items: Sequence[Any], fn: Callable[[Any], Any], out_path: str | os.PathLike, *,
                 rank: int | None = None, world: int | None = None, keep_shards: bool = False,
                 float_format: str = "%.6g", progress: bool = True, desc: str = "jobs") -> Path:
@@ -299,10 +322,8 @@ def run_sharded(items: Sequence[Any], fn: Callable[[Any], Any], out_path: str | 
         fn: ``fn(item)`` returns one row (a dict), a list of rows, a DataFrame, or ``None``.
         out_path: the merged ``.csv`` file.
         rank, world: override the process group's (only without a group).
-        keep_shards: keep the ``.rank<r>.csv`` files after merging.
-        float_format: as in :func:`rftlib.files.io.atomic_write_csv`.
-        progress: progress bar over this rank's jobs (rank 0's only).
-        desc: the bar's label.
+        keep_shards: keep the ``.rank<r>.csv`` files after merging; ``float_format``: as in
+            :func:`rftlib.files.io.atomic_write_csv`; ``progress``, ``desc``: rank 0's bar.
 
     Returns:
         ``out_path`` (merged) or, for an unmerged independent job, this rank's shard file.
@@ -324,20 +345,7 @@ def run_sharded(items: Sequence[Any], fn: Callable[[Any], Any], out_path: str | 
     part = shard_path(out, r)
     atomic_write_csv(part, pd.DataFrame(rows) if rows else pd.DataFrame(columns=[ITEM_COLUMN]), float_format)
     if is_initialized():
-        barrier()
-        error: list[str | None] = [None]
-        exc: Exception | None = None
-        if r == 0:
-            try:
-                merge_shards(out, w, keep_shards=keep_shards)
-            except Exception as e:  # noqa: BLE001 - re-raised below on every rank
-                error = [f"{type(e).__name__}: {e}"]
-                exc = e
-        dist.broadcast_object_list(error, src=0)
-        if error[0] is not None:
-            if exc is not None:
-                raise exc
-            raise RuntimeError(f"rank 0 could not merge the shards of {out}: {error[0]}")
+        _merge_in_group(out, r, w, keep_shards)
         return out
     if w == 1:
         return merge_shards(out, 1, keep_shards=keep_shards)

@@ -53,8 +53,8 @@ from rftlib.core.verdicts import (POWER_COLUMNS, Claim, combine_verdicts, untest
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
 from rftlib.steps.common import StepResults
-from rftlib.steps.fields import check_world, repo_path
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import out_dir_param, repo_path, seed_param, world_param
+from rftlib.steps.parameters import Problems, StepParams, at_least, param, within
 from rftlib.worlds.world import load_world
 
 __all__ = [
@@ -640,6 +640,18 @@ def _upstream_problem(folder: str, step: str, table: str, columns: Sequence[str]
     return None
 
 
+def _upstream_dir(p: Problems, name: str) -> None:
+    """An upstream results folder: a usable path, and when it exists, one holding its step's table."""
+    p.path(name, f"the results folder of the {UPSTREAM[name][0]} step")
+    folder = p.values[name]
+    if p.ok(name) and repo_path(folder).is_dir():
+        step, table, _, columns = UPSTREAM[name]
+        problem = _upstream_problem(folder, step, table, columns, p.values["world"])
+        if problem:
+            p.items.append(f"{name}={folder!r} {problem}")
+            p.bad.add(name)
+
+
 @dataclass(frozen=True)
 class Params(StepParams):
     """Parameters of ``notebooks/evidence.ipynb``: the verdicts of a world from its steps' tables.
@@ -658,56 +670,22 @@ class Params(StepParams):
     """
 
     STEP = "evidence"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    world: str = world_param(verify=False)  # the step reads tables only, never the world's weights
     interpolate_dir: str = param("", "results of the interpolation step: the run summary "
-                                     "(empty: book/results/<world>-interpolate)")
+                                     "(empty: book/results/<world>-interpolate)", check=_upstream_dir)
     stragglers_dir: str = param("", "results of the straggler step: each run's straggler layers "
-                                    "(empty: book/results/<world>-stragglers)")
+                                    "(empty: book/results/<world>-stragglers)", check=_upstream_dir)
     sharpness_dir: str = param("", "results of the sharpness step: sharpness and OOD accuracy per run and alpha "
-                                   "(empty: book/results/<world>-sharpness)")
-    sparsity_dir: str = param("", "results of the sparsity step: the F4 parts (empty: book/results/<world>-sparsity)")
-    rho_claims: float = param(0.0, "the sharpness radius judged (0: the sharpness table's only radius)")
-    n_boot: int = param(2000, "bootstrap resamples (runs, clustered by recipe)")
-    n_perm: int = param(1999, "permutations of the across-run test")
-    seed: int = param(0, "seed of the bootstrap, the permutations and the power simulations")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-evidence; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p, verify=False)  # the step reads tables only, never the world's weights
-
-    def _check_dir(self, p: Problems, name: str) -> None:
-        p.path(name, f"the results folder of the {UPSTREAM[name][0]} step")
-        folder = p.values[name]
-        if p.ok(name) and repo_path(folder).is_dir():
-            step, table, _, columns = UPSTREAM[name]
-            problem = _upstream_problem(folder, step, table, columns, p.values["world"])
-            if problem:
-                p.items.append(f"{name}={folder!r} {problem}")
-                p.bad.add(name)
-
-    def check_interpolate_dir(self, p: Problems) -> None:
-        self._check_dir(p, "interpolate_dir")
-
-    def check_stragglers_dir(self, p: Problems) -> None:
-        self._check_dir(p, "stragglers_dir")
-
-    def check_sharpness_dir(self, p: Problems) -> None:
-        self._check_dir(p, "sharpness_dir")
-
-    def check_sparsity_dir(self, p: Problems) -> None:
-        self._check_dir(p, "sparsity_dir")
-
-    def check_rho_claims(self, p: Problems) -> None:
-        p.number("rho_claims", lambda r: r >= 0, "a finite number >= 0 (0: the sharpness table's only radius)")
-
-    def check_n_boot(self, p: Problems) -> None:
-        p.at_least("n_boot", 1)
-
-    def check_n_perm(self, p: Problems) -> None:
-        p.at_least("n_perm", 19, "a permutation p-value below 0.05")
-
-    def check_seed(self, p: Problems) -> None:
-        p.at_least("seed", 0, "numpy seeds are non-negative")
+                                   "(empty: book/results/<world>-sharpness)", check=_upstream_dir)
+    sparsity_dir: str = param("", "results of the sparsity step: the F4 parts (empty: book/results/<world>-sparsity)",
+                              check=_upstream_dir)
+    rho_claims: float = param(0.0, "the sharpness radius judged (0: the sharpness table's only radius)",
+                              check=within(lambda r: r >= 0, "a finite number >= 0 (0: the sharpness table's only radius)"))
+    n_boot: int = param(2000, "bootstrap resamples (runs, clustered by recipe)", check=at_least(1))
+    n_perm: int = param(1999, "permutations of the across-run test", check=at_least(19, "a permutation p-value below 0.05"))
+    seed: int = seed_param("seed of the bootstrap, the permutations and the power simulations",
+                           "numpy seeds are non-negative")
+    out_dir: str = out_dir_param("evidence")
 
 
 def read_inputs(p: Params) -> dict[str, pd.DataFrame]:

@@ -22,10 +22,11 @@ from typing import Any
 from rftlib.core.interpolation import alpha_grid
 from rftlib.errors import CheckpointError
 from rftlib.files.manifest import repo_root
-from rftlib.steps.parameters import Problems, did_you_mean
+from rftlib.steps.parameters import Problems, a_path, at_least, did_you_mean, param
 
-__all__ = ["check_grid", "check_held_out", "check_layers", "check_world", "interpolation_alphas",
-           "layer_counts", "world_name"]
+__all__ = ["check_grid", "check_held_out", "check_layers", "check_world", "grid_param", "interpolation_alphas",
+           "layer_counts", "n_boot_param", "n_eval_param", "out_dir_param", "runs_root_param", "seed_param",
+           "world_name", "world_param"]
 
 #: Float format of result tables (:func:`rftlib.files.io.atomic_write_csv`); alphas read back are rounded so.
 _CSV_FLOAT = "%.6g"
@@ -48,6 +49,47 @@ def world_name(world: str) -> str:
     return p.parent.name if p.suffix in (".yaml", ".yml") else world
 
 
+# ---------------------------------------------------------------------------------------------
+# The fields several steps declare, with their checks
+
+
+def world_param(verify: bool = True) -> Any:
+    """The ``world`` field: a world's name or world.yaml path, loaded and checked (:func:`check_world`)."""
+    return param("fashion", "miniature world (worlds/<name>/world.yaml)", check=lambda p, _: check_world(p, verify))
+
+
+def grid_param(doc: str) -> Any:
+    """The ``grid`` field: a grid file of recipes (:func:`check_grid`)."""
+    return param("notebooks/params/grids/fashion.yaml", doc, check=lambda p, _: check_grid(p))
+
+
+def runs_root_param(doc: str = "folder of fine-tuned weights") -> Any:
+    """The ``runs_root`` field: the folder of fine-tuned weights."""
+    return param("runs", doc, check=a_path("the folder of fine-tuned weights"))
+
+
+def n_eval_param(default: int) -> Any:
+    """The ``n_eval`` field: images per evaluation split, at most the world's held-out images."""
+    return param(default, "images per evaluation split", check=(at_least(1), check_held_out))
+
+
+def n_boot_param(doc: str = "bootstrap resamples") -> Any:
+    """The ``n_boot`` field."""
+    return param(1000, doc, check=at_least(1))
+
+
+def seed_param(doc: str, why: str = "numpy and torch seeds are non-negative") -> Any:
+    """The ``seed`` field."""
+    return param(0, doc, check=at_least(0, why))
+
+
+def out_dir_param(step: str) -> Any:
+    """The ``out_dir`` field of a step (the runner sets it)."""
+    return param("", f"results folder (empty: book/results/<world>-{step}; the runner sets it)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
 
 
 def _world_target(p: Problems, v: str) -> str | Path | None:
@@ -106,7 +148,8 @@ def check_world(p: Problems, verify: bool = True) -> Any:
 
 
 def check_grid(p: Problems) -> list[Any] | None:
-    """The recipes of the ``grid`` field (loaded with :func:`rftlib.steps.common.load_grid`), or ``None``."""
+    """The recipes of the ``grid`` field (loaded with :func:`rftlib.steps.common.load_grid`, also kept
+    as ``p.context["recipes"]``), or ``None``."""
     import yaml
 
     from rftlib.steps.common import load_grid, yaml_problem
@@ -132,6 +175,7 @@ def check_grid(p: Problems) -> list[Any] | None:
         if r.n_train is not None and r.n_train < r.batch_size:
             p.add(f"grid run {r.name!r}: n_train", r.n_train, f"is smaller than batch_size={r.batch_size}",
                   "n_train >= batch_size (or null: all training images)")
+    p.context["recipes"] = recipes
     return recipes
 
 

@@ -24,7 +24,7 @@ from rftlib.files.manifest import build_manifest
 from rftlib.models.checkpoints import save_state_dict, sha256
 from rftlib.models.finetune import Recipe, finetune
 from rftlib.steps.common import StepResults, id_training_data, load_grid, run_folder
-from rftlib.steps.fields import check_grid, check_world
+from rftlib.steps.fields import grid_param, out_dir_param, runs_root_param, world_param
 from rftlib.steps.parameters import Problems, StepParams, did_you_mean, param
 from rftlib.worlds.world import World, load_world
 
@@ -36,18 +36,12 @@ class Params(StepParams):
     """Parameters of ``notebooks/finetune.ipynb``."""
 
     STEP = "finetune"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
-    grid: str = param("notebooks/params/grids/fashion.yaml", "grid file of fine-tuning recipes")
+    world: str = world_param()
+    grid: str = grid_param("grid file of fine-tuning recipes")
     runs: list[str] = param((), "run names to fine-tune (empty: every run of the grid)")
-    runs_root: str = param("runs", "folder of fine-tuned weights (not committed)")
+    runs_root: str = runs_root_param("folder of fine-tuned weights (not committed)")
     force: bool = param(False, "re-run runs that already have weights")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-finetune; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p)
-
-    def check_grid(self, p: Problems) -> None:
-        p.context["recipes"] = check_grid(p)
+    out_dir: str = out_dir_param("finetune")
 
     def check_runs(self, p: Problems) -> None:
         recipes = p.context.get("recipes")
@@ -61,9 +55,6 @@ class Params(StepParams):
                       ", ".join(repr(n) for n in names))
         if len(set(runs)) != len(runs):
             p.add("runs", list(runs), "repeats a run", "each run once")
-
-    def check_runs_root(self, p: Problems) -> None:
-        p.path("runs_root", "a folder for fine-tuned weights")
 
 
 def _cached_history(folder: Path, r: Recipe, parent: str, world: str) -> list[dict] | None:

@@ -24,8 +24,8 @@ from rftlib.core.sweep import interpolation_sweep
 from rftlib.core.verdicts import Claim, combine_verdicts, verdict_from_interval
 from rftlib.models.finetune import Recipe
 from rftlib.steps.common import StepResults, check_endpoints, load_endpoints, load_grid, load_theta_ft
-from rftlib.steps.fields import check_grid, check_held_out, check_world
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import grid_param, n_boot_param, n_eval_param, out_dir_param, runs_root_param, seed_param, world_param
+from rftlib.steps.parameters import StepParams, at_least, param
 from rftlib.worlds.world import World, load_world
 
 __all__ = ["Params", "claim_p1", "curves_with_means", "run", "run_summary", "sweep_runs"]
@@ -36,36 +36,15 @@ class Params(StepParams):
     """Parameters of ``notebooks/interpolate.ipynb``."""
 
     STEP = "interpolate"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
-    grid: str = param("notebooks/params/grids/fashion.yaml", "grid file whose runs are swept")
-    runs_root: str = param("runs", "folder of fine-tuned weights")
-    n_alpha: int = param(11, "number of evenly spaced alphas in [0, 1]")
-    n_eval: int = param(1000, "images per evaluation split")
-    n_boot: int = param(1000, "bootstrap resamples for intervals")
-    seed: int = param(0, "bootstrap seed")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-interpolate; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p)
-
-    def check_grid(self, p: Problems) -> None:
-        check_grid(p)
-
-    def check_runs_root(self, p: Problems) -> None:
-        p.path("runs_root", "the folder of fine-tuned weights")
-
-    def check_n_alpha(self, p: Problems) -> None:
-        p.at_least("n_alpha", 3, "the run summary needs an interior alpha in (0, 1)")
-
-    def check_n_eval(self, p: Problems) -> None:
-        p.at_least("n_eval", 1)
-        check_held_out(p)
-
-    def check_n_boot(self, p: Problems) -> None:
-        p.at_least("n_boot", 1)
-
-    def check_seed(self, p: Problems) -> None:
-        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+    world: str = world_param()
+    grid: str = grid_param("grid file whose runs are swept")
+    runs_root: str = runs_root_param()
+    n_alpha: int = param(11, "number of evenly spaced alphas in [0, 1]",
+                         check=at_least(3, "the run summary needs an interior alpha in (0, 1)"))
+    n_eval: int = n_eval_param(1000)
+    n_boot: int = n_boot_param("bootstrap resamples for intervals")
+    seed: int = seed_param("bootstrap seed")
+    out_dir: str = out_dir_param("interpolate")
 
 
 def sweep_runs(world: World, runs: Sequence[str], alphas: Sequence[float], n_eval: int,

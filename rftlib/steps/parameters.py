@@ -1,10 +1,12 @@
 """One parameter object per study step: the only validation of a notebook's parameters.
 
 Each step module (:mod:`rftlib.steps.zeroshot`, …) defines ``Params``, a frozen dataclass derived
-from :class:`StepParams`. Every field carries its documentation (:func:`param`); ``__post_init__``
-checks every field's type, then each field's value (``check_<name>`` methods, in field order), then
-the rules between fields (``check_together``), and raises *one* :class:`~rftlib.errors.ParameterError`
-listing every problem as ``name=value is …; allowed: …`` (the list is its ``problems`` attribute).
+from :class:`StepParams`. Every field carries its documentation and its checks (:func:`param`:
+``check=at_least(1)``, ``one_of(KINDS)``, …, or a function of :mod:`rftlib.steps.fields`);
+``__post_init__`` checks every field's type, then each field's value (its checks, then a
+``check_<name>`` method where the class has one, in field order), then the rules between fields
+(``check_together``), and raises *one* :class:`~rftlib.errors.ParameterError` listing every problem
+as ``name=value is …; allowed: …`` (the list is its ``problems`` attribute).
 
 The runner builds the object from a notebook's parameters before any kernel starts
 (:meth:`StepParams.from_mapping`); the notebook's first code line builds the same object
@@ -15,10 +17,8 @@ Example:
     >>> @dataclass(frozen=True)
     ... class Toy(StepParams):
     ...     STEP = "toy"
-    ...     n: int = param(3, "how many")
-    ...     rhos: list[float] = param((0.1,), "radii")
-    ...     def check_n(self, p):
-    ...         p.at_least("n", 1)
+    ...     n: int = param(3, "how many", check=at_least(1))
+    ...     rhos: list[float] = param((0.1,), "radii", check=each_within(lambda r: r > 0, "a number > 0"))
     >>> Toy(n=2, rhos=[1]).rhos
     [1.0]
     >>> Toy.from_mapping({"n": 0, "rhos": "0.1", "rho": 1})
@@ -39,20 +39,56 @@ import yaml
 
 from rftlib.errors import ParameterError
 
-__all__ = ["Problems", "StepParams", "param", "did_you_mean"]
+__all__ = ["Check", "Problems", "StepParams", "a_path", "at_least", "did_you_mean", "each_within", "one_of", "param",
+           "some_of", "within"]
+
+#: A field's check: ``check(problems, name)`` records what is wrong with the value of ``name``.
+Check = Callable[["Problems", str], None]
 
 
-def param(default: Any, doc: str) -> Any:
-    """A documented dataclass field; a list default is copied for every object.
+def param(default: Any, doc: str, check: Check | Sequence[Check] = ()) -> Any:
+    """A documented dataclass field with its check(s); a list default is copied for every object.
 
     Example:
-        >>> dataclasses.field  # doctest: +ELLIPSIS
-        <function field at ...>
+        >>> f = param(3, "how many", check=at_least(1))
+        >>> f.metadata["doc"], len(f.metadata["checks"])
+        ('how many', 1)
     """
+    meta = {"doc": doc, "checks": tuple([check] if callable(check) else check)}
     if isinstance(default, (list, tuple)):
         items = list(default)
-        return dataclasses.field(default_factory=lambda: list(items), metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: list(items), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def at_least(minimum: int, why: str = "") -> Check:
+    """The integer must be ``>= minimum`` (:meth:`Problems.at_least`)."""
+    return lambda p, name: p.at_least(name, minimum, why)
+
+
+def one_of(allowed: Sequence[str]) -> Check:
+    """The value must be one of ``allowed`` (:meth:`Problems.choice`)."""
+    return lambda p, name: p.choice(name, allowed)
+
+
+def some_of(allowed: Sequence[str], what: str = "") -> Check:
+    """A non-empty list of distinct members of ``allowed`` (:meth:`Problems.choices`)."""
+    return lambda p, name: p.choices(name, allowed, what)
+
+
+def within(ok: Callable[[float], bool], allowed: str) -> Check:
+    """A finite number satisfying ``ok`` (:meth:`Problems.number`)."""
+    return lambda p, name: p.number(name, ok, allowed)
+
+
+def each_within(ok: Callable[[float], bool], allowed: str) -> Check:
+    """A non-empty list of distinct finite numbers, each satisfying ``ok`` (:meth:`Problems.numbers`)."""
+    return lambda p, name: p.numbers(name, ok, allowed)
+
+
+def a_path(what: str) -> Check:
+    """A non-blank path string (:meth:`Problems.path`)."""
+    return lambda p, name: p.path(name, what)
 
 
 def did_you_mean(value: Any, allowed: Sequence[Any], cutoff: float = 0.6) -> str:
@@ -239,9 +275,12 @@ class StepParams:
         self._resolve_dirs()
         p.values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for f in dataclasses.fields(self):
-            check = getattr(self, f"check_{f.name}", None)
-            if check is not None and p.ok(f.name):
-                check(p)
+            for check in f.metadata.get("checks", ()):
+                if p.ok(f.name):
+                    check(p, f.name)
+            method = getattr(self, f"check_{f.name}", None)
+            if method is not None and p.ok(f.name):
+                method(p)
         self.check_together(p)
         return p.items
 

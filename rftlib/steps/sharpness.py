@@ -40,8 +40,9 @@ from rftlib.errors import ParameterError
 from rftlib.progress import bar
 from rftlib.steps import interpolate
 from rftlib.steps.common import StepResults, _path, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
-from rftlib.steps.fields import check_grid, check_on_alpha_grid, check_world
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import (check_on_alpha_grid, grid_param, n_boot_param, out_dir_param, runs_root_param,
+                                 seed_param, world_param)
+from rftlib.steps.parameters import Problems, StepParams, at_least, each_within, one_of, param, within
 from rftlib.worlds.world import World, load_world
 
 __all__ = ["Params", "attach_accuracy", "claims_f1_f3", "layer_correlations", "run", "sharpness_sweep",
@@ -53,69 +54,29 @@ class Params(StepParams):
     """Parameters of ``notebooks/sharpness.ipynb``."""
 
     STEP = "sharpness"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    world: str = world_param()
     interpolate_dir: str = param("", "results of the interpolation step: OOD accuracy per run and alpha "
                                      "(empty: book/results/<world>-interpolate)")
     stragglers_dir: str = param("", "results of the straggler step, which marks straggler layers "
                                     "(empty: book/results/<world>-stragglers)")
-    grid: str = param("notebooks/params/grids/fashion.yaml", "grid file whose runs are measured")
-    runs_root: str = param("runs", "folder of fine-tuned weights")
-    n_alpha: int = param(6, "alphas per run (must lie on the interpolation step's grid)")
-    kind: str = param("worst", "worst or average")
-    norm: str = param("linf", "linf or l2")
+    grid: str = grid_param("grid file whose runs are measured")
+    runs_root: str = runs_root_param()
+    n_alpha: int = param(6, "alphas per run (must lie on the interpolation step's grid)", check=at_least(2))
+    kind: str = param("worst", "worst or average", check=one_of(KINDS))
+    norm: str = param("linf", "linf or l2", check=one_of(NORMS))
     adaptive: bool = param(True, "adaptive (budget relative to |w|) or standard")
-    rhos: list[float] = param((0.004,), "sharpness radii (all reported)")
-    rho_claims: float = param(0.004, "the radius at which the claims are judged (one of rhos)")
-    n_examples: int = param(128, "training examples (no augmentation)")
-    m: int = param(128, "examples per batch (m-sharpness: max per batch, then mean)")
-    n_iters: int = param(5, "ascent steps (worst) or noise draws (average) per batch")
+    rhos: list[float] = param((0.004,), "sharpness radii (all reported)",
+                              check=each_within(lambda r: r > 0, "a finite number > 0"))
+    rho_claims: float = param(0.004, "the radius at which the claims are judged (one of rhos)",
+                              check=within(lambda r: r > 0, "one of rhos"))
+    n_examples: int = param(128, "training examples (no augmentation)", check=at_least(1))
+    m: int = param(128, "examples per batch (m-sharpness: max per batch, then mean)", check=at_least(1))
+    n_iters: int = param(5, "ascent steps (worst) or noise draws (average) per batch", check=at_least(1))
     logit_norm: bool = param(True, "logit normalization before the cross-entropy")
-    granularity: str = param("block", "what a layer is: block, module or tensor")
-    n_boot: int = param(1000, "bootstrap resamples")
-    seed: int = param(0, "seed of the estimator and the bootstrap")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-sharpness; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p)
-
-    def check_grid(self, p: Problems) -> None:
-        check_grid(p)
-
-    def check_runs_root(self, p: Problems) -> None:
-        p.path("runs_root", "the folder of fine-tuned weights")
-
-    def check_n_alpha(self, p: Problems) -> None:
-        p.at_least("n_alpha", 2)
-
-    def check_kind(self, p: Problems) -> None:
-        p.choice("kind", KINDS)
-
-    def check_norm(self, p: Problems) -> None:
-        p.choice("norm", NORMS)
-
-    def check_rhos(self, p: Problems) -> None:
-        p.numbers("rhos", lambda r: r > 0, "a finite number > 0")
-
-    def check_rho_claims(self, p: Problems) -> None:
-        p.number("rho_claims", lambda r: r > 0, "one of rhos")
-
-    def check_n_examples(self, p: Problems) -> None:
-        p.at_least("n_examples", 1)
-
-    def check_m(self, p: Problems) -> None:
-        p.at_least("m", 1)
-
-    def check_n_iters(self, p: Problems) -> None:
-        p.at_least("n_iters", 1)
-
-    def check_granularity(self, p: Problems) -> None:
-        p.choice("granularity", GRANULARITIES)
-
-    def check_n_boot(self, p: Problems) -> None:
-        p.at_least("n_boot", 1)
-
-    def check_seed(self, p: Problems) -> None:
-        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+    granularity: str = param("block", "what a layer is: block, module or tensor", check=one_of(GRANULARITIES))
+    n_boot: int = n_boot_param()
+    seed: int = seed_param("seed of the estimator and the bootstrap")
+    out_dir: str = out_dir_param("sharpness")
 
     def check_together(self, p: Problems) -> None:
         v = p.values

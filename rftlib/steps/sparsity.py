@@ -23,8 +23,8 @@ from rftlib.core.sparsity import INTERVENTIONS, control_layers, failure_summary,
 from rftlib.core.stats import bootstrap_mean_ci
 from rftlib.core.verdicts import Claim, untestable, verdict_from_interval
 from rftlib.steps.common import StepResults, load_endpoints, read_upstream, select_runs, sharpness_data
-from rftlib.steps.fields import check_held_out, check_world
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import n_boot_param, n_eval_param, out_dir_param, runs_root_param, seed_param, world_param
+from rftlib.steps.parameters import StepParams, at_least, each_within, param, some_of, within
 from rftlib.worlds.world import World, load_world
 
 __all__ = ["Params", "claim_f4", "run", "sparsity_run", "sparsity_sharpness", "sparsity_summary"]
@@ -38,55 +38,25 @@ class Params(StepParams):
     """Parameters of ``notebooks/sparsity.ipynb``."""
 
     STEP = "sparsity"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    world: str = world_param()
     interpolate_dir: str = param("", "results of the interpolation step (empty: book/results/<world>-interpolate)")
     stragglers_dir: str = param("", "results of the straggler step (empty: book/results/<world>-stragglers)")
-    max_runs: int = param(2, "at most this many failure-mode runs")
-    runs_root: str = param("runs", "folder of fine-tuned weights")
-    ps: list[float] = param((0.1, 0.5, 0.9), "fractions of weights zeroed, each in [0, 1)")
+    max_runs: int = param(2, "at most this many failure-mode runs", check=at_least(1))
+    runs_root: str = runs_root_param()
+    ps: list[float] = param((0.1, 0.5, 0.9), "fractions of weights zeroed, each in [0, 1)",
+                            check=each_within(lambda x: 0 <= x < 1, "a number in [0, 1) (1 would zero every weight)"))
     interventions: list[str] = param(("mask_both", "drop_tau_rescaled"),
-                                     "mask_both, mask_ft, drop_tau, drop_tau_rescaled, magnitude (the first is judged by F4)")
-    n_alpha: int = param(6, "alphas per path")
-    n_eval: int = param(500, "images per evaluation split")
-    sharpness_p: float = param(0.5, "sparsity level at which layer-wise sharpness is compared")
-    rho: float = param(0.2, "radius of the layer-wise sharpness check (average-case, Gaussian)")
-    n_boot: int = param(1000, "bootstrap resamples")
-    seed: int = param(0, "mask and bootstrap seed")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-sparsity; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p)
-
-    def check_max_runs(self, p: Problems) -> None:
-        p.at_least("max_runs", 1)
-
-    def check_runs_root(self, p: Problems) -> None:
-        p.path("runs_root", "the folder of fine-tuned weights")
-
-    def check_ps(self, p: Problems) -> None:
-        p.numbers("ps", lambda x: 0 <= x < 1, "a number in [0, 1) (1 would zero every weight)")
-
-    def check_interventions(self, p: Problems) -> None:
-        p.choices("interventions", INTERVENTIONS, " (the first is judged by claim F4)")
-
-    def check_n_alpha(self, p: Problems) -> None:
-        p.at_least("n_alpha", 3, "the sparsity summary needs an interior alpha in (0, 1)")
-
-    def check_n_eval(self, p: Problems) -> None:
-        p.at_least("n_eval", 1)
-        check_held_out(p)
-
-    def check_sharpness_p(self, p: Problems) -> None:
-        p.number("sharpness_p", lambda x: 0 <= x < 1, "a number in [0, 1)")
-
-    def check_rho(self, p: Problems) -> None:
-        p.number("rho", lambda r: r > 0, "a finite number > 0")
-
-    def check_n_boot(self, p: Problems) -> None:
-        p.at_least("n_boot", 1)
-
-    def check_seed(self, p: Problems) -> None:
-        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+                                     "mask_both, mask_ft, drop_tau, drop_tau_rescaled, magnitude (the first is judged by F4)",
+                                     check=some_of(INTERVENTIONS, " (the first is judged by claim F4)"))
+    n_alpha: int = param(6, "alphas per path", check=at_least(3, "the sparsity summary needs an interior alpha in (0, 1)"))
+    n_eval: int = n_eval_param(500)
+    sharpness_p: float = param(0.5, "sparsity level at which layer-wise sharpness is compared",
+                               check=within(lambda x: 0 <= x < 1, "a number in [0, 1)"))
+    rho: float = param(0.2, "radius of the layer-wise sharpness check (average-case, Gaussian)",
+                       check=within(lambda r: r > 0, "a finite number > 0"))
+    n_boot: int = n_boot_param()
+    seed: int = seed_param("mask and bootstrap seed")
+    out_dir: str = out_dir_param("sparsity")
 
 
 def sparsity_run(world: World, run: str, stragglers: Sequence[str], ps: Sequence[float],

@@ -21,8 +21,8 @@ from rftlib.core.interpolation import alpha_grid
 from rftlib.core.layers import GRANULARITIES
 from rftlib.core.stragglers import HOLDS, layer_barriers, rank_layers, ranking_agreement, single_layer_paths
 from rftlib.steps.common import SELECTIONS, StepResults, load_endpoints, read_upstream, select_runs
-from rftlib.steps.fields import check_held_out, check_layers, check_world
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import check_layers, n_eval_param, out_dir_param, runs_root_param, seed_param, world_param
+from rftlib.steps.parameters import Problems, StepParams, at_least, one_of, param
 from rftlib.worlds.world import World, load_world
 
 __all__ = ["Params", "RANK_BY", "ranking_agreements", "run", "straggler_paths", "straggler_table", "stragglers_of"]
@@ -30,63 +30,32 @@ __all__ = ["Params", "RANK_BY", "ranking_agreements", "run", "straggler_paths", 
 RANK_BY = ("barrier", "ood_drop", "barrier_mid")
 
 
+def _rankable(p: Problems, name: str) -> None:
+    if p.values[name] == "both":
+        p.add(name, "both", "cannot be ranked: the straggler table then has two rows per layer",
+              ", ".join(repr(h) for h in HOLDS if h != "both"))
+
+
 @dataclass(frozen=True)
 class Params(StepParams):
     """Parameters of ``notebooks/stragglers.ipynb``."""
 
     STEP = "stragglers"
-    world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
+    world: str = world_param()
     interpolate_dir: str = param("", "results of the interpolation step, whose summary picks the runs "
                                      "(empty: book/results/<world>-interpolate)")
-    select: str = param("failure+best", "which runs: all, failure, failure+best")
-    max_runs: int = param(2, "at most this many failure-mode runs (deepest failures first)")
-    runs_root: str = param("runs", "folder of fine-tuned weights")
-    granularity: str = param("block", "what a layer is: block, module or tensor")
-    hold: str = param("ft", "endpoint where the other layers stay: ft or zs")
-    n_alpha: int = param(5, "alphas per single-layer path")
-    n_eval: int = param(500, "images per evaluation split")
-    rank_by: str = param("barrier", "straggler ranking: barrier, ood_drop or barrier_mid")
-    k: int = param(2, "number of straggler layers per run")
+    select: str = param("failure+best", "which runs: all, failure, failure+best", check=one_of(SELECTIONS))
+    max_runs: int = param(2, "at most this many failure-mode runs (deepest failures first)", check=at_least(1))
+    runs_root: str = runs_root_param()
+    granularity: str = param("block", "what a layer is: block, module or tensor", check=one_of(GRANULARITIES))
+    hold: str = param("ft", "endpoint where the other layers stay: ft or zs", check=(one_of(HOLDS), _rankable))
+    n_alpha: int = param(5, "alphas per single-layer path", check=at_least(2))
+    n_eval: int = n_eval_param(500)
+    rank_by: str = param("barrier", "straggler ranking: barrier, ood_drop or barrier_mid", check=one_of(RANK_BY))
+    k: int = param(2, "number of straggler layers per run", check=at_least(1))
     controls: bool = param(True, "also run the cumulative and random-direction controls")
-    seed: int = param(0, "seed of the random-direction control")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-stragglers; the runner sets it)")
-
-    def check_world(self, p: Problems) -> None:
-        check_world(p)
-
-    def check_select(self, p: Problems) -> None:
-        p.choice("select", SELECTIONS)
-
-    def check_max_runs(self, p: Problems) -> None:
-        p.at_least("max_runs", 1)
-
-    def check_runs_root(self, p: Problems) -> None:
-        p.path("runs_root", "the folder of fine-tuned weights")
-
-    def check_granularity(self, p: Problems) -> None:
-        p.choice("granularity", GRANULARITIES)
-
-    def check_hold(self, p: Problems) -> None:
-        p.choice("hold", HOLDS)
-        if p.values["hold"] == "both":
-            p.add("hold", "both", "cannot be ranked: the straggler table then has two rows per layer",
-                  ", ".join(repr(h) for h in HOLDS if h != "both"))
-
-    def check_n_alpha(self, p: Problems) -> None:
-        p.at_least("n_alpha", 2)
-
-    def check_n_eval(self, p: Problems) -> None:
-        p.at_least("n_eval", 1)
-        check_held_out(p)
-
-    def check_rank_by(self, p: Problems) -> None:
-        p.choice("rank_by", RANK_BY)
-
-    def check_k(self, p: Problems) -> None:
-        p.at_least("k", 1)
-
-    def check_seed(self, p: Problems) -> None:
-        p.at_least("seed", 0, "numpy and torch seeds are non-negative")
+    seed: int = seed_param("seed of the random-direction control")
+    out_dir: str = out_dir_param("stragglers")
 
     def check_together(self, p: Problems) -> None:
         if p.ok("rank_by", "n_alpha") and p.values["rank_by"] == "barrier_mid" and p.values["n_alpha"] % 2 == 0:

@@ -13,8 +13,8 @@ import pandas as pd
 
 from rftlib.core.evaluation import evaluate
 from rftlib.steps.common import StepResults
-from rftlib.steps.fields import check_held_out, check_world
-from rftlib.steps.parameters import Problems, StepParams, param
+from rftlib.steps.fields import check_world, n_eval_param, out_dir_param
+from rftlib.steps.parameters import Problems, StepParams, at_least, param
 from rftlib.worlds.world import World, load_world
 
 __all__ = ["Params", "run", "zeroshot_rows"]
@@ -27,9 +27,10 @@ class Params(StepParams):
     STEP = "zeroshot"
     world: str = param("fashion", "miniature world (worlds/<name>/world.yaml)")
     recreate: bool = param(False, "pretrain from scratch and overwrite the shipped checkpoint (minutes)")
-    epochs: int | None = param(None, "override the world's pretraining epochs when recreating (null: the world's own)")
-    n_eval: int = param(1000, "images per evaluation split")
-    out_dir: str = param("", "results folder (empty: book/results/<world>-zeroshot; the runner sets it)")
+    epochs: int | None = param(None, "override the world's pretraining epochs when recreating (null: the world's own)",
+                               check=at_least(1, "or null: the world's own pretraining epochs"))
+    n_eval: int = n_eval_param(1000)
+    out_dir: str = out_dir_param("zeroshot")
 
     def check_world(self, p: Problems) -> None:
         w = check_world(p, verify=p.values["recreate"] is False)  # a shipped checkpoint must pass every check
@@ -43,13 +44,6 @@ class Params(StepParams):
             p.add("recreate", False, f"needs the shipped checkpoint of world {w.name!r}, which is missing "
                   f"({w.checkpoint.name} in {w.folder.name}/)",
                   "true (pretrain and write the checkpoint), or restore the file with git")
-
-    def check_epochs(self, p: Problems) -> None:
-        p.at_least("epochs", 1, "or null: the world's own pretraining epochs")
-
-    def check_n_eval(self, p: Problems) -> None:
-        p.at_least("n_eval", 1)
-        check_held_out(p)
 
 
 def zeroshot_rows(world: World, n_eval: int, checkpoint: str | None = None) -> pd.DataFrame:
