@@ -503,7 +503,7 @@ def _parser_bench(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     be.add_argument("--job", action="store_true",
                     help="instead: the default job's wall time quiet and beside one CPU-bound process, each in a fresh "
-                         "clone of HEAD (about an hour on 2 cores) into book/results/benchmarks/job.json")
+                         "clone of --commit (about an hour on 2 cores) into book/results/benchmarks/job.json")
     be.add_argument("--pipeline", default="notebooks/params/default.yaml", help="with --job: the pipeline file")
     be.add_argument("--conditions", default="quiet,shared", help="with --job: quiet, shared or both (comma-separated)")
     be.add_argument("--keep", action="store_true", help="with --job: keep the other conditions already in the file")

@@ -507,8 +507,9 @@ def job_benchmark_fragment(path: Path) -> str:
     loads = "; ".join(f"{k}" + (f" (started {c['started'][:16].replace('T', ' ')} UTC)" if c.get("started") else "")
                       + f": {c['load']['start']:.2f} at the start, mean {c['load']['mean']:.2f}, max {c['load']['max']:.2f}"
                       for k, c in (("quiet", q), ("shared", s)))
-    return ("The default job measured by `rft bench --job` (a fresh clone of the commit per condition, every step "
-            f"recomputed, `{data.get('layout', '')}` on {data.get('cpu_count')} cores), quiet and beside one other "
+    return ("The default job measured by `rft bench --job` (a fresh clone of the commit "
+            f"`{str(data.get('commit', ''))[:7]}` per condition, every step recomputed, `{data.get('layout', '')}` on "
+            f"{data.get('cpu_count')} cores), quiet and beside one other "
             f"CPU-bound process (a Python busy loop). Shared / quiet wall time: {r.get('ratio', float('nan')):.2f}× "
             f"(goal: at most {r.get('goal_at_most', float('nan')):g}×, {met}). 1-minute load averages, sampled every "
             f"15 s (the pipeline's own two kernels make about 2): {loads}. "
