@@ -375,7 +375,7 @@ def tiny_world(tmp_path):
 def test_rft_finetune_on_two_ranks_matches_and_is_reused(tmp_path, tiny_world):
     from rftlib.models.checkpoints import load_state_dict
     from rftlib.models.finetune import finetune
-    from rftlib.steps.common import id_training_data, load_grid
+    from rftlib.steps.common import load_grid
     from rftlib.steps.finetune import finetune_grid
     from rftlib.worlds.world import load_world
 
@@ -396,7 +396,7 @@ def test_rft_finetune_on_two_ranks_matches_and_is_reused(tmp_path, tiny_world):
     # θ_ft equals one process with the same global batch and seed
     world = load_world(world_yaml)
     recipe = load_grid(grid, ["t1"])[0]
-    x, y = id_training_data(world)
+    x, y = world.id_training_data()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -334,7 +334,7 @@ def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
     from rftlib.steps import common as study, finetune, interpolate, stragglers, zeroshot
     from rftlib.models.finetune import Recipe
 
-    x, y = study.id_training_data(world)
+    x, y = world.id_training_data()
     assert isinstance(x, LazyImages) and len(x) == len(y) == 12 and sorted(set(y.tolist())) == ID_CLASSES
     batch = x[torch.tensor([0, 5])]
     assert batch.shape == (2, 3, 28, 28) and x[:4][torch.tensor([1])].shape == (1, 3, 28, 28)
@@ -372,7 +372,7 @@ def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, mon
     splits = w.eval_splits(None)
     assert {k: len(v) for k, v in splits.items()} == {"id": 4, "cifar10.1": 5, "cifar10.2": 3}
     assert splits["cifar10.1"][0][0].shape == (3, 28, 28)
-    x, y = study.id_training_data(w)
+    x, y = w.id_training_data()
     assert len(x) == 20 and x[torch.tensor([3])].shape == (1, 3, 28, 28)
     zs = zeroshot.zeroshot_rows(w, 4)
     assert list(zs["n"]) == [4, 4, 3] and w.zeroshot_classifier().num_classes == 10

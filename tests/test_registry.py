@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from rftlib.models.factory import build_classifier, create_clip, tiny_configs
-from rftlib.worlds.world import available_worlds, load_world
+from rftlib.worlds.paper import PaperWorld
+from rftlib.worlds.protocol import KINDS, World
+from rftlib.worlds.world import MiniWorld, available_worlds, load_world
 
 MINIATURE = [w for w in available_worlds() if not w.startswith("paper-")]
 
@@ -50,3 +52,45 @@ def test_every_world_loads_verifies_and_classifies(world):
         logits = clf(x[:8])
     assert logits.shape == (len(x[:8]), len(w.classnames)) and torch.isfinite(logits).all()
     assert int(y.max()) < len(w.classnames)
+
+
+def _members(cls) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")} | set(cls.__annotations__)
+
+
+@pytest.mark.parametrize("world", available_worlds())
+def test_every_world_satisfies_the_one_world_interface(world):
+    """Miniature worlds and paper settings alike: the steps never ask which kind they have."""
+    w = load_world(world)
+    assert isinstance(w, World) and w.kind in KINDS
+    assert w.kind == ("paper" if world.startswith("paper-") else "mini")
+    missing = sorted(n for n in _members(World) if not hasattr(type(w), n) and not hasattr(w, n))
+    assert not missing, f"{world}: lacks {missing} of the World interface"
+
+
+@pytest.mark.parametrize("cls", [MiniWorld, PaperWorld])
+def test_both_world_classes_define_every_member_of_the_interface(cls):
+    # on the class, so that a member a paper setting lacks shows without its weights or data
+    fields = getattr(cls, "__dataclass_fields__", {})
+    init_attrs = {"name", "model", "dataset", "input_mean", "input_std"}  # PaperWorld sets these in __init__
+    missing = sorted(n for n in _members(World)
+                     if not hasattr(cls, n) and n not in fields and not (cls is PaperWorld and n in init_attrs))
+    assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_a_class_missing_a_member_is_not_a_world():
+    class NoCheck:
+        kind, name, model, dataset, input_mean, input_std = "mini", "x", "rft-tiny", "d", [0.5], [0.5]
+        classnames = templates = ood_splits = all_splits = []
+        checkpoint = None
+
+        def verify_checkpoint(self): ...
+        def manifest(self): ...
+        def eval_splits(self, n_eval, seed, splits=None): ...
+        def id_training_data(self): ...
+        def load_clip(self, checkpoint=None, verify=True): ...
+        def zeroshot_classifier(self, checkpoint=None, verify=True): ...
+
+    assert not isinstance(NoCheck(), World)
+    NoCheck.check = lambda self: None
+    assert isinstance(NoCheck(), World)

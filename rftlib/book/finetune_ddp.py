@@ -161,17 +161,16 @@ class Job:
 
 def world_job(world_name: str, device: torch.device | None = None) -> Job:
     """A miniature world, or a paper setting (``kind: paper``; θ_zs is then built on ``device``)."""
-    from rftlib.steps.common import id_training_data
     from rftlib.worlds.world import load_world
 
     world = load_world(world_name)
     params: dict[str, Any] = {}
-    if getattr(world, "kind", None) == "paper":
+    if world.kind == "paper":
         if device is not None:
             world.device = str(device)
         params = {"model": world.model, "pretrained": world.checkpoint.name, "image_size": world.image_size}
     parent = world.verify_checkpoint()
-    x, y = id_training_data(world)
+    x, y = world.id_training_data()
     return Job(world.name, parent, lambda: world.zeroshot_classifier(verify=False), x, y, params)
 
 

@@ -45,9 +45,10 @@ import torch
 from torch import nn
 
 from rftlib.errors import ParameterError
-from rftlib.core.evaluation import Split, evaluate
+from rftlib.core.evaluation import Split
 from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible, restoring
 from rftlib.core.layers import layer_groups, resolve_layers
+from rftlib.core.sweep import alpha_sweep
 from rftlib.progress import bar
 
 INTERVENTIONS: tuple[str, ...] = ("mask_both", "mask_ft", "drop_tau", "drop_tau_rescaled", "magnitude")
@@ -357,12 +358,10 @@ def sparsity_sweep(
                 total = sum(zero_counts(theta_ft, s_keys, p, include_1d).values())
                 new = intervene(theta_zs, theta_ft, c_keys, p, kind, seed, **opts,
                                 counts=matched_counts(theta_ft, c_keys, total, include_1d))
-            interp = Interpolator(model, new.theta_zs, new.theta_ft)
-            for a in alphas:
-                interp.set_alpha(a)
-                for r in evaluate(model, splits, batch_size, device, progress=False):
-                    rows.append({"intervention": kind, "target": target, "p": p, "seed": seed,
-                                 "n_zeroed": new.n_zeroed, "alpha": a, **r})
+            path = alpha_sweep(model, Interpolator(model, new.theta_zs, new.theta_ft), splits, alphas,
+                               batch_size=batch_size, device=device, what=f"sparsity path {kind}/{target}/p={p}")
+            rows += [{"intervention": kind, "target": target, "p": p, "seed": seed, "n_zeroed": new.n_zeroed,
+                      "alpha": a, **r} for a, r in path]
     return rows
 
 

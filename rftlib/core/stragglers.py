@@ -54,21 +54,26 @@ import torch
 from torch import nn
 
 from rftlib.errors import NumericalError, ParameterError
-from rftlib.core.evaluation import Split, evaluate_split
+from rftlib.core.evaluation import Split
 from rftlib.core.interpolation import Interpolator, alpha_grid, check_alpha, check_compatible, restoring
 from rftlib.core.layers import layer_groups, resolve_layers
 from rftlib.core.precision import resolve_precision
 from rftlib.core.prefix import layer_alpha_sweep
+from rftlib.core.sweep import alpha_sweep
 from rftlib.progress import bar
 
 HOLDS: tuple[str, ...] = ("ft", "zs", "both")
 DIRECTIONS: tuple[str, ...] = ("task", "random")
-RANK_BY: tuple[str, ...] = ("barrier", "barrier_mid", "ood_drop", "sharpness")
+#: what a single-layer path table ranks layers by (columns of :func:`layer_barriers`), in the order
+#: their agreement is reported
+PATH_RANK_BY: tuple[str, ...] = ("barrier", "ood_drop", "barrier_mid")
+#: every ranking: the path columns and a per-layer sharpness table's ``sharpness``
+RANK_BY: tuple[str, ...] = (*PATH_RANK_BY, "sharpness")
 FULL = "all"
 
 __all__ = [
     "single_layer_paths", "cumulative_groups", "random_direction", "layer_barriers", "rank_layers",
-    "ranking_agreement", "HOLDS", "DIRECTIONS", "RANK_BY",
+    "ranking_agreement", "HOLDS", "DIRECTIONS", "PATH_RANK_BY", "RANK_BY",
 ]
 
 
@@ -175,7 +180,7 @@ def _run_path(model: nn.Module, interp: Interpolator, moving: Sequence[str], hol
 
     ``shared_prefix``: :func:`rftlib.core.prefix.layer_alpha_sweep` (the input of the first stage owning a
     moving key is computed once per batch, only the suffix runs per α). Otherwise the naive route:
-    :meth:`Interpolator.set_alpha` and a full :func:`~rftlib.core.evaluation.evaluate_split` per α.
+    :func:`rftlib.core.sweep.alpha_sweep` (a full forward per α).
     A non-finite loss raises :class:`NumericalError` naming ``layer``, the hold, α and the split.
     ``precision``: the forwards' precision (already resolved: ``"fp32"`` or ``"bf16"``).
     """
@@ -190,13 +195,10 @@ def _run_path(model: nn.Module, interp: Interpolator, moving: Sequence[str], hol
             for r in swept:
                 out[(r["alpha"], s)] = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]}
     else:
-        for a in alphas:
-            interp.set_alpha(a, keys=moving, hold=hold)
-            for s, split in splits.items():
-                try:
-                    out[(a, s)] = evaluate_split(model, split, batch_size, device, name=s, precision=precision)
-                except NumericalError as e:  # its message names the split
-                    raise NumericalError(f"single-layer path layer={layer!r}, hold={hold!r}, alpha={a}: {e}") from e
+        for a, r in alpha_sweep(model, interp, splits, alphas, keys=moving, hold=hold, batch_size=batch_size,
+                                device=device, precision=precision,
+                                what=f"single-layer path layer={layer!r}, hold={hold!r}"):
+            out[(a, r["split"])] = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"]}
     return {(a, s): out[(a, s)] for a in alphas for s in splits}
 
 

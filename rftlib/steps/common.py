@@ -118,17 +118,6 @@ def run_folder(runs_root: str | Path, world: str, run: str) -> Path:
     return _path(runs_root) / world / run
 
 
-def id_training_data(world: World) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ID fine-tuning set: the world's training images drawn in its ID style (clean); a world with
-    its own ``id_training_data()`` (a paper setting, :mod:`rftlib.worlds.paper`) provides it."""
-    if hasattr(world, "id_training_data"):
-        return world.id_training_data()
-    from rftlib.worlds.shifts import render_split
-
-    x, y = world.train_data()
-    return render_split(x, world.id_style, seed=0), y
-
-
 def load_theta_ft(world: World, run: str, runs_root: str | Path = "runs") -> dict[str, torch.Tensor]:
     """θ_ft of a finished run, checked against its manifest's sha256."""
     folder = run_folder(runs_root, world.name, run)
@@ -232,7 +221,7 @@ def select_runs(summary: pd.DataFrame, mode: str = "failure+best", max_runs: int
 def sharpness_data(world: World, n: int) -> tuple:
     """The first ``n`` ID training images (clean, no augmentation) and labels: sharpness is measured on
     training data, as in the reference study."""
-    x, y = id_training_data(world)
+    x, y = world.id_training_data()
     if n > len(x):
         raise ParameterError(f"n_examples={n} exceeds the {len(x)} training images of world {world.name!r}.")
     if not isinstance(x, torch.Tensor):  # lazily decoded images (a paper setting): decode the n used

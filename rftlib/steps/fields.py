@@ -116,7 +116,7 @@ def check_world(p: Problems, verify: bool = True) -> Any:
     """The world named by the ``world`` field (a name or a world.yaml path), loaded; else ``None``.
 
     A paper setting's missing weights and data are problems; with ``verify``, a checkpoint that is
-    there must match its manifest's sha256 (:meth:`rftlib.worlds.world.World.verify_checkpoint`).
+    there must match its manifest's sha256 (:meth:`rftlib.worlds.protocol.World.check`).
     """
     from rftlib.worlds import world as worlds
 
@@ -129,7 +129,7 @@ def check_world(p: Problems, verify: bool = True) -> Any:
     except Exception as e:  # noqa: BLE001 - any failure to read the world file is a parameter problem
         p.add("world", v, f"cannot be loaded ({type(e).__name__}: {e})", "a valid world.yaml (see worlds/*/world.yaml)")
         return None
-    if getattr(w, "kind", None) == "paper":
+    if w.kind == "paper":
         for problem in w.problems():  # each names the setting and the variable to set
             p.note(problem)
         return w
@@ -140,7 +140,7 @@ def check_world(p: Problems, verify: bool = True) -> Any:
         return None
     if verify and w.checkpoint.is_file():
         try:
-            (worlds.check_world(target) if hasattr(worlds, "check_world") else w.verify_checkpoint())
+            w.check()
         except (CheckpointError, ValueError) as e:
             p.add("world", v, f"has a bad checkpoint ({e})",
                   f"a verified world: restore worlds/{w.name}/ with git, or pretrain it: rft world pretrain {w.name}")

@@ -23,7 +23,7 @@ from rftlib.files.io import atomic_write_json
 from rftlib.files.manifest import build_manifest
 from rftlib.models.checkpoints import save_state_dict, sha256
 from rftlib.models.finetune import Recipe, finetune
-from rftlib.steps.common import StepResults, id_training_data, load_grid, run_folder
+from rftlib.steps.common import StepResults, load_grid, run_folder
 from rftlib.steps.fields import grid_param, out_dir_param, runs_root_param, world_param
 from rftlib.steps.parameters import Problems, StepParams, did_you_mean, param
 from rftlib.worlds.world import World, load_world
@@ -95,7 +95,7 @@ def finetune_grid(world: World, recipes: Sequence[Recipe], runs_root: str | Path
     (``cached = True``), unless ``force``.
     """
     parent = world.verify_checkpoint()
-    x, y = id_training_data(world)
+    x, y = world.id_training_data()
     history = []
     for r in recipes:
         folder = run_folder(runs_root, world.name, r.name)

@@ -19,15 +19,13 @@ import pandas as pd
 
 from rftlib.core.interpolation import alpha_grid
 from rftlib.core.layers import GRANULARITIES
-from rftlib.core.stragglers import HOLDS, layer_barriers, rank_layers, ranking_agreement, single_layer_paths
+from rftlib.core.stragglers import HOLDS, PATH_RANK_BY, layer_barriers, rank_layers, ranking_agreement, single_layer_paths
 from rftlib.steps.common import SELECTIONS, StepResults, load_endpoints, read_upstream, select_runs
 from rftlib.steps.fields import check_layers, n_eval_param, out_dir_param, runs_root_param, seed_param, world_param
 from rftlib.steps.parameters import Problems, StepParams, at_least, one_of, param
 from rftlib.worlds.world import World, load_world
 
-__all__ = ["Params", "RANK_BY", "ranking_agreements", "run", "straggler_paths", "straggler_table", "stragglers_of"]
-
-RANK_BY = ("barrier", "ood_drop", "barrier_mid")
+__all__ = ["Params", "ranking_agreements", "run", "straggler_paths", "straggler_table", "stragglers_of"]
 
 
 def _rankable(p: Problems, name: str) -> None:
@@ -51,7 +49,7 @@ class Params(StepParams):
     hold: str = param("ft", "endpoint where the other layers stay: ft or zs", check=(one_of(HOLDS), _rankable))
     n_alpha: int = param(5, "alphas per single-layer path", check=at_least(2))
     n_eval: int = n_eval_param(500)
-    rank_by: str = param("barrier", "straggler ranking: barrier, ood_drop or barrier_mid", check=one_of(RANK_BY))
+    rank_by: str = param("barrier", "straggler ranking: barrier, ood_drop or barrier_mid", check=one_of(PATH_RANK_BY))
     k: int = param(2, "number of straggler layers per run", check=at_least(1))
     controls: bool = param(True, "also run the cumulative and random-direction controls")
     seed: int = seed_param("seed of the random-direction control")
@@ -105,7 +103,7 @@ def ranking_agreements(table: pd.DataFrame, k: int = 2) -> pd.DataFrame:
     """Per run, agreement between the rankings by barrier, midpoint barrier and OOD drop."""
     rows = []
     for (world, run), sub in table.groupby(["world", "run"], sort=False):
-        rankings = {by: rank_layers(sub, by=by) for by in RANK_BY}
+        rankings = {by: rank_layers(sub, by=by) for by in PATH_RANK_BY}
         rows += [{"world": world, "run": run, **r} for r in ranking_agreement(rankings, k=k)]
     return pd.DataFrame(rows)
 

@@ -2,11 +2,8 @@
 
 A *paper setting* is a file ``worlds/<name>/world.yaml`` whose first key is ``kind: paper``;
 :func:`rftlib.worlds.world.load_world` hands it to :meth:`PaperWorld.from_config`, so every notebook runs
-it through its ``world`` parameter alone. A :class:`PaperWorld` offers what the study uses of a
-miniature :class:`~rftlib.worlds.world.World` with the same meaning: ``name``, ``classnames``,
-``templates``, ``ood_splits``, ``unseen_styles`` (none), ``all_splits``, ``eval_splits(n_eval)``,
-:meth:`~PaperWorld.id_training_data`, ``checkpoint``, ``verify_checkpoint()``, ``manifest()`` and
-``zeroshot_classifier()``. The data sets come from :mod:`rftlib.worlds.paperdata`, prompts and class names
+it through its ``world`` parameter alone. A :class:`PaperWorld` satisfies the one interface of a
+world, :class:`rftlib.worlds.protocol.World`, as a miniature world does, with the same meanings. The data sets come from :mod:`rftlib.worlds.paperdata`, prompts and class names
 from :mod:`rftlib.worlds.templates`, the model from :func:`rftlib.models.factory.create_clip` with local weights.
 
 Setting file (every key but ``sha256``, ``classnames``, ``preprocess``, ``device``,
@@ -288,7 +285,8 @@ def _mean_std(value: Any, which: str, where: str) -> list[float]:
 
 
 class PaperWorld:
-    """A paper-scale setting with the interface of a miniature world (see the module docstring).
+    """A paper-scale setting; it satisfies :class:`~rftlib.worlds.protocol.World`, as a miniature world
+    does (see the module docstring).
 
     Build with :meth:`from_config` (or :func:`rftlib.worlds.world.load_world` on its ``world.yaml``).
     """
@@ -557,6 +555,12 @@ class PaperWorld:
     def train_data(self) -> tuple[LazyImages, torch.Tensor]:
         """The same as :meth:`id_training_data` (the fine-tuning pool)."""
         return self.id_training_data()
+
+    def check(self) -> None:
+        """Every cheap check (:meth:`problems`): raises :class:`CheckpointError` naming each missing thing."""
+        problems = self.problems()
+        if problems:
+            raise CheckpointError(" ".join(problems))
 
     def problems(self) -> list[str]:
         """What is missing to run this setting (weights, data sets), each naming what to set; empty

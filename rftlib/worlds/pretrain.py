@@ -28,7 +28,7 @@ from rftlib.models.checkpoints import load_resume_state
 from rftlib.models.factory import build_classifier, create_clip
 from rftlib.progress import bar
 from rftlib.core.schedule import cosine_with_warmup
-from rftlib.worlds.world import World, save_world_checkpoint
+from rftlib.worlds.world import MiniWorld, save_world_checkpoint
 
 TEXT_HALF_PREFIXES = ("token_embedding.", "transformer.", "positional_embedding", "ln_final.", "text_projection")
 
@@ -43,7 +43,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def recipe_of(world: World, **overrides: Any) -> dict[str, Any]:
+def recipe_of(world: MiniWorld, **overrides: Any) -> dict[str, Any]:
     """The world's pretraining recipe with overrides applied and validated."""
     r = {"eval_every": 1, **world.pretrain, **{k: v for k, v in overrides.items() if v is not None}}
     for k in ("epochs", "batch_size"):
@@ -54,7 +54,7 @@ def recipe_of(world: World, **overrides: Any) -> dict[str, Any]:
     return r
 
 
-def zero_shot_eval(clip, tokenizer, world: World, splits) -> dict[str, float]:
+def zero_shot_eval(clip, tokenizer, world: MiniWorld, splits) -> dict[str, float]:
     """Zero-shot accuracy of ``clip`` on ``splits``: ID, mean OOD (seen+natural) and mean unseen."""
     clf = build_classifier(clip, tokenizer, world.classnames, world.templates, world.input_mean, world.input_std)
     rows = {r["split"]: r["accuracy"] for r in evaluate(clf, splits, progress=False)}
@@ -66,7 +66,7 @@ def zero_shot_eval(clip, tokenizer, world: World, splits) -> dict[str, float]:
     return out
 
 
-def pretrain_world(world: World, out_dir: str | Path, n_eval: int = 1000, progress: bool = True,
+def pretrain_world(world: MiniWorld, out_dir: str | Path, n_eval: int = 1000, progress: bool = True,
                    max_steps_per_epoch: int | None = None, eval_every: int | None = None, **overrides: Any) -> tuple[torch.nn.Module, Any, pd.DataFrame]:
     """Pretrain the world's CLIP; returns ``(clip, tokenizer, history)`` (one history row per epoch)."""
     r = recipe_of(world, **overrides)
@@ -177,7 +177,7 @@ def clip_state_for_shipping(clip: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: (v.half() if k.startswith(TEXT_HALF_PREFIXES) and v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def recreate_checkpoint(world: World, n_eval: int = 1000, work_dir: str | Path | None = None,
+def recreate_checkpoint(world: MiniWorld, n_eval: int = 1000, work_dir: str | Path | None = None,
                         progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Pretrain the world from scratch (resuming an interrupted run from ``work_dir``, default
     ``runs/<world>/pretrain``) and :func:`ship` the result."""
@@ -191,7 +191,7 @@ def recreate_checkpoint(world: World, n_eval: int = 1000, work_dir: str | Path |
     return m
 
 
-def ship(world: World, clip: torch.nn.Module, history: pd.DataFrame, recipe: dict[str, Any],
+def ship(world: MiniWorld, clip: torch.nn.Module, history: pd.DataFrame, recipe: dict[str, Any],
          n_eval: int = 1000) -> dict[str, Any]:
     """Write ``worlds/<name>/zeroshot.safetensors`` (its header records world, model and the world
     file's hash) and its ``manifest.json``: recipe, data, seed, versions, commit, sha256, the world

@@ -8,7 +8,7 @@ The verbs of ``rft world``::
     rft world list                                    # each world and the state of its checkpoint
 
 :func:`create_world` copies only the world file, never the checkpoint or its manifest (a copied
-checkpoint would be another world's, which :meth:`~rftlib.worlds.world.World.verify_checkpoint`
+checkpoint would be another world's, which :meth:`~rftlib.worlds.world.MiniWorld.verify_checkpoint`
 refuses). :func:`pretrain_world` runs the world's own pretraining
 (:func:`rftlib.worlds.pretrain.recreate_checkpoint`), which saves its full state after every epoch
 to ``runs/<name>/pretrain/state.pt`` and resumes from it after a kill.
@@ -215,7 +215,7 @@ def _miniature_worlds() -> list[str]:
     return [n for n in _world.available_worlds() if not is_paper_setting(_world.worlds_dir() / n / "world.yaml")]
 
 
-def _miniature(name: str) -> _world.World:
+def _miniature(name: str) -> _world.MiniWorld:
     """The miniature world ``name`` (a paper setting has no pretraining here)."""
     w = _world.load_world(name)
     if getattr(w, "kind", None) == "paper":
@@ -237,7 +237,7 @@ def resume_folder(name: str) -> Path:
     return repo_root() / "runs" / name / "pretrain"
 
 
-def _check_resume_state(w: _world.World, state_path: Path) -> int:
+def _check_resume_state(w: _world.MiniWorld, state_path: Path) -> int:
     """The last finished epoch recorded in ``state_path`` (0 when there is none), checked before any
     model is built: the file must load safely and hold the world's current recipe.
 
@@ -260,7 +260,7 @@ def _check_resume_state(w: _world.World, state_path: Path) -> int:
     return int(state["epoch"])
 
 
-def _check_not_shipped(w: _world.World) -> None:
+def _check_not_shipped(w: _world.MiniWorld) -> None:
     """Refuse to overwrite a checkpoint that verifies (a shipped world's results depend on it)."""
     from rftlib.errors import RftError
 
@@ -372,7 +372,7 @@ def world_state(name: str) -> str:
         return "refused: " + " ".join(str(e).split())
 
 
-def _missing_state(w: _world.World) -> str:
+def _missing_state(w: _world.MiniWorld) -> str:
     """The state of a world without a checkpoint: never pretrained, or interrupted at some epoch."""
     from rftlib.errors import RftError
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import yaml
@@ -30,6 +30,7 @@ import yaml
 from rftlib.worlds import data as _data
 from rftlib.worlds.corpus import ClassNames, zero_shot_templates
 from rftlib.errors import CheckpointError, ParameterError, RftError
+from rftlib.worlds.protocol import World
 from rftlib.worlds.shifts import STYLES, check_styles, render_split, upscale_to
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,9 +118,11 @@ def world_file_hash(cfg: Mapping[str, Any]) -> str:
 
 
 @dataclass
-class World:
-    """A miniature world (see the module docstring); build with :func:`load_world`."""
+class MiniWorld:
+    """A miniature world (see the module docstring); build with :func:`load_world`. It satisfies
+    :class:`~rftlib.worlds.protocol.World`, as a paper setting does."""
 
+    kind: ClassVar[str] = "mini"
     name: str
     dataset: str
     model: str
@@ -135,7 +138,7 @@ class World:
     split: dict[str, Any]
     pretrain: dict[str, Any]
     folder: Path = field(default=Path("."))
-    world_sha256: str = ""  # world_file_hash of the world file this World was loaded from
+    world_sha256: str = ""  # world_file_hash of the world file it was loaded from
 
     @property
     def classnames(self) -> list[str]:
@@ -188,6 +191,11 @@ class World:
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images (uint8 ``N×28×28``) and labels: the pretraining and fine-tuning pool."""
         return self._train_test[0]
+
+    def id_training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ID fine-tuning set: the training images drawn in the world's ID style (clean)."""
+        x, y = self.train_data()
+        return render_split(x, self.id_style, seed=0), y
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out images and labels, never seen in pretraining or fine-tuning."""
@@ -263,6 +271,10 @@ class World:
             raise CheckpointError(f"world {self.name!r}: {where} holds a JSON {type(m).__name__}, not an object; "
                                   f"{self._recreate_hint()}.")
         return m
+
+    def check(self) -> None:
+        """Every cheap check of the world (:meth:`verify_checkpoint`; the file was checked on loading)."""
+        self.verify_checkpoint()
 
     def verify_checkpoint(self) -> str:
         """Every cheap check of the shipped checkpoint (no model is built); returns its sha256.
@@ -447,10 +459,10 @@ def load_world(name_or_path: str | Path) -> World:
     if cfg.get("kind") == "paper":  # a paper-scale setting: rftlib.worlds.paper
         from rftlib.worlds.paper import PaperWorld
 
-        return PaperWorld.from_config(cfg, path)  # type: ignore[return-value]
+        return PaperWorld.from_config(cfg, path)
     _check_config(cfg, path, by_name)
     classes = [ClassNames(c["name"], list(c.get("synonyms", [])), list(c.get("coarse", []))) for c in cfg["classes"]]
-    return World(
+    return MiniWorld(
         name=cfg["name"], dataset=cfg["dataset"], model=cfg["model"], classes=classes,
         input_mean=list(cfg["input_mean"]), input_std=list(cfg["input_std"]), id_style=cfg["id_style"],
         pretrain_styles=dict(cfg["pretrain_styles"]), ood_styles=list(cfg["ood_styles"]),
@@ -465,7 +477,7 @@ def check_world(name_or_path: str | Path) -> World:
     the world file's keys and consistency, the checkpoint's presence, header, recorded world and
     architecture, sha256 against the manifest, and the world file's hash against the one recorded.
 
-    Paper settings (``kind: paper``) are returned after their own checks (:meth:`PaperWorld.problems`).
+    Paper settings (``kind: paper``) get their own checks (:meth:`~rftlib.worlds.paper.PaperWorld.check`).
 
     Raises:
         ParameterError: the world file is unknown, unreadable or inconsistent.
@@ -477,16 +489,11 @@ def check_world(name_or_path: str | Path) -> World:
         'digits'
     """
     world = load_world(name_or_path)
-    if getattr(world, "kind", None) == "paper":
-        problems = world.problems()  # type: ignore[attr-defined]
-        if problems:
-            raise CheckpointError(" ".join(problems))
-        return world
-    world.verify_checkpoint()
+    world.check()
     return world
 
 
-def save_world_checkpoint(world: World, state_dict: Mapping[str, torch.Tensor],
+def save_world_checkpoint(world: MiniWorld, state_dict: Mapping[str, torch.Tensor],
                           manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``worlds/<name>/zeroshot.safetensors`` (header: world, model, world_sha256) and its
     ``manifest.json`` (``manifest`` plus world, model, sha256, size_bytes, world_sha256); returns the manifest.
