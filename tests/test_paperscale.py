@@ -363,7 +363,7 @@ def test_study_steps_end_to_end_on_fake_imagenet(world, tmp_path):
 
 
 def test_cifar_setting_end_to_end(tmp_path, tiny_model, weights, cifar_root, monkeypatch):
-    from rftlib.steps import common as study, zeroshot
+    from rftlib.steps import zeroshot
 
     monkeypatch.setenv("RFT_CLIP_WEIGHTS", str(weights))
     monkeypatch.setenv("RFT_DATA_ROOT", str(cifar_root))

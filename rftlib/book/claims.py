@@ -23,12 +23,9 @@ from rftlib.files.io import atomic_write_csv
 
 
 def _claims_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    from rftlib.files.manifest import repo_root  # lazy: keeps this module light
+    from rftlib.files.manifest import repo_path  # lazy: keeps this module light
 
-    return repo_root() / p
+    return repo_path(path)
 
 
 class ClaimsFileError(RftError):

@@ -22,7 +22,7 @@ import pandas as pd
 from rftlib.book.claims import claims_matrix_html, read_claims, read_power
 from rftlib.files.io import atomic_write_text
 from rftlib.errors import ParameterError
-from rftlib.files.manifest import read_manifest, repo_root
+from rftlib.files.manifest import read_manifest, repo_path, repo_root
 from rftlib.book.params import DEFAULT_RESULTS_ROOT, check_results_root
 
 GENERATED = "book/_generated"
@@ -235,7 +235,7 @@ def studied_worlds(root: Path) -> list[str]:
 
 
 def p1_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
-    root = _as_root(results)
+    root = repo_path(results)
     parts = []
     for w in studied_worlds(root):
         step = f"{w}-interpolate"
@@ -271,7 +271,7 @@ def p1_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAUL
 
 
 def sharpness_fragment(claims: pd.DataFrame | None, which: str, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
-    root = _as_root(results)
+    root = repo_path(results)
     parts = []
     for w in studied_worlds(root):
         step = f"{w}-sharpness"
@@ -300,7 +300,7 @@ def sharpness_fragment(claims: pd.DataFrame | None, which: str, results: str | o
 
 
 def f4_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
-    root = _as_root(results)
+    root = repo_path(results)
     parts = []
     for w in studied_worlds(root):
         parts.append(f"## World `{w}`\n\n")
@@ -330,7 +330,7 @@ def f4_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAUL
 
 def worlds_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
     """Per world: pretraining cost and zero-shot accuracy per split, from the shipped manifests."""
-    root = _as_root(results)
+    root = repo_path(results)
     cols: dict[str, dict[str, str]] = {}
     notes = []
     for w in WORLDS:
@@ -362,7 +362,7 @@ def worlds_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
 def intro_fragment(claims: pd.DataFrame | None, results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str:
     """Which results the book was built from, the one figure of the introduction, and the verdicts
     in one line per world."""
-    root = _as_root(results)
+    root = repo_path(results)
     out = [f"*{built_from(root)}*\n\n", _fig(root, "fashion-interpolate", "id_ood_plane", "The question in one picture (world `fashion`): each line is one "
                 "fine-tuning run, traced from the zero-shot model (α = 0) to the fine-tuned model (α = 1). Paths that "
                 "bulge above their endpoints gain OOD accuracy by interpolating; paths that only fall are in the "
@@ -410,7 +410,7 @@ def reproduce_fragment(results: str | os.PathLike = DEFAULT_RESULTS_ROOT) -> str
     """Which results the book was built from, the measured cost of each pipeline step and of
     pretraining, and the benchmarks (all from the results root but pretraining, read from the
     shipped worlds)."""
-    root = _as_root(results)
+    root = repo_path(results)
     timings = f"`{_rel(root)}/{PIPELINE_DIR}/timings.csv`"
     parts = [f"*{built_from(root)}*\n\n"]
     t = _read(root, PIPELINE_DIR, "timings")
@@ -516,12 +516,6 @@ def job_benchmark_fragment(path: Path) -> str:
             + ("Every result table of both runs equals the committed one (timing columns aside)."
                if same else "**Some result tables differ from the committed ones** (see the JSON).")
             + "\n\n| step | quiet (s) | shared (s) | shared / quiet |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
-
-
-def _as_root(results: str | os.PathLike) -> Path:
-    """A results root as an absolute path (relative ones start at the repository root)."""
-    p = Path(results)
-    return Path(os.path.abspath(p if p.is_absolute() else repo_root() / p))
 
 
 def render_pages(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, out: str | Path = GENERATED) -> list[Path]:

@@ -43,7 +43,7 @@ import pandas as pd
 
 from rftlib.errors import ParameterError
 from rftlib.files.io import atomic_write_csv
-from rftlib.files.manifest import build_manifest, portable_path, read_manifest, repo_root, write_manifest
+from rftlib.files.manifest import build_manifest, portable_path, read_manifest, repo_path, repo_root, write_manifest
 from rftlib.progress import PROGRESS_FILE_ENV
 from rftlib.book import runner
 from rftlib.book.params import ParamFile, Step, load_param_file, notebook_parameters, resolve_path, validate_params
@@ -97,7 +97,7 @@ def step_results_dir(results_dir: Path, step: Step) -> Path:
     """The step's results folder: its ``out_dir`` parameter if given, else under the results root."""
     given = step.parameters.get(runner.OUT_DIR_PARAM)
     if isinstance(given, str) and given:
-        return Path(given) if Path(given).is_absolute() else repo_root() / given
+        return repo_path(given)
     return Path(runner.step_out_dir(results_dir, step.name))
 
 

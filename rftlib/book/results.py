@@ -41,6 +41,7 @@ import pandas as pd
 
 from rftlib.errors import NumericalError, ParameterError, RftError
 from rftlib.files.io import atomic_path, atomic_write_csv
+from rftlib.files.manifest import repo_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -81,15 +82,6 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
-def _absolute(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    from rftlib.files.manifest import repo_root  # lazy: keeps this module light
-
-    return repo_root() / p
-
-
 def _is_folder(step: object) -> bool:
     return isinstance(step, os.PathLike) or (isinstance(step, str) and ("/" in step or os.sep in step))
 
@@ -122,8 +114,8 @@ def results_dir(step: str | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT)
     """
     if _is_folder(step):
         step_name(step)
-        return _absolute(step)
-    return _absolute(root) / _check_name(step, "step")
+        return repo_path(step)
+    return repo_path(root) / _check_name(step, "step")
 
 
 def _table_path(step: str | os.PathLike, name: str, root: str | os.PathLike) -> Path:

@@ -61,6 +61,7 @@ from rftlib.files.manifest import (
     manifests_match,
     portable_path,
     read_manifest,
+    repo_path,
     repo_root,
     rftlib_source_hash,
     write_manifest,
@@ -182,8 +183,7 @@ def _path_inputs(params: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     for k, v in params.items():
         if not isinstance(v, str) or not v.strip() or "\n" in v or len(v) > 1024:
             continue
-        p = Path(v)
-        p = p if p.is_absolute() else root / p
+        p = repo_path(v)
         try:
             rp = p.resolve()
             if rp == own or own in rp.parents or not p.exists():
@@ -202,8 +202,7 @@ def _path_inputs(params: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
 def _fingerprints(inputs: Mapping[str, Any], root: Path) -> dict[str, str]:
     out = {}
     for k, v in sorted(inputs.items()):
-        p = Path(v)
-        out[k] = hash_input(p if p.is_absolute() else root / p)
+        out[k] = hash_input(repo_path(v))
     return out
 
 
@@ -471,8 +470,7 @@ def step_out_dir(results_root: str | os.PathLike, step: str) -> Path:
     """
     if not isinstance(step, str) or not step or "/" in step or step in (".", ".."):
         raise ParameterError(f"step name {step!r} must be a plain folder name (no '/', not '.' or '..')")
-    root = Path(results_root)
-    return Path(os.path.abspath(root if root.is_absolute() else repo_root() / root)) / step
+    return repo_path(results_root) / step
 
 
 #: Environment variables that change what a step reads: part of the cache key.
@@ -512,7 +510,7 @@ def _resolve_out(src: Path, step: str, out_dir: Any, given: Mapping[str, Any], s
     param = given.get(OUT_DIR_PARAM) if OUT_DIR_PARAM in specs else None
     if param is not None and not isinstance(param, str):
         raise ParameterError(f"parameter {OUT_DIR_PARAM!r} must be a folder path (str), got {param!r}")
-    param_path = None if param is None else (Path(param) if Path(param).is_absolute() else repo_root() / param)
+    param_path = None if param is None else repo_path(param)
     if param_path is not None:
         check_out_dir(param_path, what=f"-p {OUT_DIR_PARAM}=")
     if out_dir is None:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rftlib.errors import ParameterError
-from rftlib.files.manifest import repo_root
+from rftlib.files.manifest import repo_path
 
 #: The default results root of the book (a pipeline's steps named as ``<results root>/<step>`` count
 #: as that step; this root where the pipeline names none).
@@ -57,16 +57,11 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RF
 # The graph
 
 
-def _as_path(value: str | os.PathLike) -> Path:
-    p = Path(value)
-    return Path(os.path.abspath(p if p.is_absolute() else repo_root() / p))
-
-
 def _named_paths(params: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) -> list[Path]:
     """The paths named by the string parameters (also inside lists) and inputs of a step."""
     values: list[Any] = [v for k, v in params.items() if k != "out_dir"] + list((inputs or {}).values())
     flat = [x for v in values for x in (v if isinstance(v, (list, tuple)) else [v])]
-    return [_as_path(v) for v in flat if isinstance(v, str) and v.strip() and "\n" not in v and len(v) < 1024]
+    return [repo_path(v) for v in flat if isinstance(v, str) and v.strip() and "\n" not in v and len(v) < 1024]
 
 
 def explicit_dependencies(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
@@ -84,7 +79,7 @@ def explicit_dependencies(names: Sequence[str], params: Mapping[str, Mapping[str
         ...                       {"a": "out/a", "b": "out/b"}, results_root="book/results-quick")
         {'a': (), 'b': ()}
     """
-    folders = {n: {_as_path(outputs[n]), _as_path(Path(results_root) / n)} for n in names}
+    folders = {n: {repo_path(outputs[n]), repo_path(Path(results_root) / n)} for n in names}
     out: dict[str, tuple[str, ...]] = {}
     for i, s in enumerate(names):
         paths = _named_paths(params.get(s, {}), (inputs or {}).get(s))

@@ -113,6 +113,18 @@ def repo_root() -> Path:
     return cwd
 
 
+def repo_path(path: str | os.PathLike) -> Path:
+    """An absolute, normalized path: ``path`` itself if absolute, else relative to the repository root
+    (how every path parameter of a notebook and every results root is read).
+
+    Example:
+        >>> repo_path("book/../book/intro.md") == repo_root() / "book" / "intro.md"
+        True
+    """
+    p = Path(path)
+    return Path(os.path.abspath(p if p.is_absolute() else repo_root() / p))
+
+
 def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
     """``path`` relative to the repository root, POSIX style; outside it, ``<external>/<file name>``.
 
@@ -330,7 +342,7 @@ def build_manifest(
 
 def write_manifest(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest`` as ``folder/manifest.json`` atomically (sorted keys); returns the path."""
-    from rftlib.files.io import sha256, atomic_write_json
+    from rftlib.files.io import atomic_write_json
 
     path = Path(folder) / MANIFEST_NAME
     atomic_write_json(path, dict(manifest))

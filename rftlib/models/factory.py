@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -25,15 +25,10 @@ import yaml
 from rftlib.core.interpolation import check_compatible
 from rftlib.core.verdicts import Claim
 from rftlib.errors import CheckpointError, NumericalError, ParameterError
-from rftlib.files.manifest import repo_root
+from rftlib.files.manifest import repo_path, repo_root
 from rftlib.models.checkpoints import load_state_dict, sha256
 from rftlib.models.finetune import Recipe
 from rftlib.worlds.world import World
-
-
-def _path(p: str | Path) -> Path:
-    p = Path(p)
-    return p if p.is_absolute() else repo_root() / p
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -67,7 +62,7 @@ def load_grid(path: str | Path, only: Sequence[str] | None = None) -> list[Recip
         ParameterError: the file is missing, is not valid YAML (the message names the file and the
             YAML problem; the ``yaml.YAMLError`` is its ``__cause__``), or holds a bad recipe.
     """
-    p = _path(path)
+    p = repo_path(path)
     if not p.is_file():
         raise ParameterError(f"grid file {path} does not exist; grids live in notebooks/params/grids/.")
     try:
@@ -115,7 +110,7 @@ def _with_seeds(cfg: dict, path: str | Path) -> list[dict]:
 
 
 def run_folder(runs_root: str | Path, world: str, run: str) -> Path:
-    return _path(runs_root) / world / run
+    return repo_path(runs_root) / world / run
 
 
 def load_theta_ft(world: World, run: str, runs_root: str | Path = "runs") -> dict[str, torch.Tensor]:
@@ -238,7 +233,7 @@ def read_upstream(folder: str | Path, table: str, step: str, world: str) -> pd.D
         ...
         FileNotFoundError: /nonexistent/x/summary.csv does not exist: run the interpolate step first: rft run notebooks/interpolate.ipynb -p world=fashion --out /nonexistent/x
     """
-    path = _path(folder) / f"{table}.csv"
+    path = repo_path(folder) / f"{table}.csv"
     if not path.is_file():
         shown = Path(folder).as_posix()
         raise FileNotFoundError(f"{shown}/{table}.csv does not exist: run the {step} step first: "

@@ -53,7 +53,8 @@ from rftlib.core.verdicts import (POWER_COLUMNS, Claim, combine_verdicts, untest
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
 from rftlib.steps.common import StepResults
-from rftlib.steps.fields import out_dir_param, repo_path, seed_param, world_param
+from rftlib.files.manifest import repo_path
+from rftlib.steps.fields import out_dir_param, seed_param, world_param
 from rftlib.steps.parameters import Problems, StepParams, at_least, param, within
 from rftlib.worlds.world import load_world
 
@@ -324,7 +325,7 @@ def f3_evidence(world: str, sharp: pd.DataFrame, summary: pd.DataFrame | None = 
     n_runs, n_alpha = min(len(m[0]) for m in mats.values()), min(len(m[1]) for m in mats.values())
     if n_runs < 2 or n_alpha < 4:
         return Evidence([untestable("F3", world, f"{n_runs} runs × {n_alpha} α points (needs 2 × 4)")])
-    a_b, cl = 0.05 / len(layers), _clusters(mats[layers[0]][0], summary)
+    a_b = 0.05 / len(layers)
     comb = {}
     for l, (runs, _, X, Y) in mats.items():
         taus = [sps.kendalltau(X[i], Y[i], variant="b") for i in range(len(runs))]

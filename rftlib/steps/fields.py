@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rftlib.core.interpolation import alpha_grid
 from rftlib.errors import CheckpointError
-from rftlib.files.manifest import repo_root
+from rftlib.files.manifest import repo_path, repo_root
 from rftlib.steps.parameters import Problems, a_path, at_least, did_you_mean, param
 
 __all__ = ["check_grid", "check_held_out", "check_layers", "check_world", "grid_param", "interpolation_alphas",
@@ -30,12 +29,6 @@ __all__ = ["check_grid", "check_held_out", "check_layers", "check_world", "grid_
 
 #: Float format of result tables (:func:`rftlib.files.io.atomic_write_csv`); alphas read back are rounded so.
 _CSV_FLOAT = "%.6g"
-
-
-def repo_path(value: str | os.PathLike) -> Path:
-    """A parameter's path as the notebooks see it: absolute, or relative to the repository root."""
-    path = Path(value)
-    return path if path.is_absolute() else repo_root() / path
 
 
 def world_name(world: str) -> str:

@@ -39,7 +39,8 @@ from rftlib.core.verdicts import Claim
 from rftlib.errors import ParameterError
 from rftlib.progress import bar
 from rftlib.steps import interpolate
-from rftlib.steps.common import StepResults, _path, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
+from rftlib.files.manifest import repo_path
+from rftlib.steps.common import StepResults, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
 from rftlib.steps.fields import (check_on_alpha_grid, grid_param, n_boot_param, out_dir_param, runs_root_param,
                                  seed_param, world_param)
 from rftlib.steps.parameters import Problems, StepParams, at_least, each_within, one_of, param, within
@@ -206,7 +207,7 @@ def run(p: Params) -> StepResults:
     w = load_world(p.world)
     runs = [r.name for r in load_grid(p.grid)]
     curves = read_upstream(p.interpolate_dir, "curves", "interpolate", p.world)
-    found = _path(p.stragglers_dir) / "stragglers.csv"
+    found = repo_path(p.stragglers_dir) / "stragglers.csv"
     stragglers = pd.read_csv(found) if found.is_file() else None
     sharp = sharpness_sweep(w, runs, alpha_grid(p.n_alpha), p.rhos, p.runs_root, p.n_examples, p.granularity,
                             kind=p.kind, norm=p.norm, adaptive=p.adaptive, n_iters=p.n_iters, m=p.m,

@@ -128,10 +128,9 @@ def env_names(value: str) -> list[str]:
 
 
 def _repo_path(value: str) -> Path:
-    from rftlib.files.manifest import repo_root
+    from rftlib.files.manifest import repo_path
 
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else repo_root() / p
+    return repo_path(Path(value).expanduser())
 
 
 def is_paper_setting(cfg_or_path: Mapping[str, Any] | str | os.PathLike) -> bool:
