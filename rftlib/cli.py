@@ -19,7 +19,7 @@
     rft data [--download]
     rft convert-openai SRC.pt DEST.safetensors
     rft gpu-measure [--device D] [--tiny] [--out FILE] [--time-budget S] [--phases P,...] ...
-    rft finetune (--world W | --setting S ...) --grid GRID [--runs RUN ...] [--nproc N] ...
+    rft finetune --world W --grid GRID [--runs RUN ...] [--nproc N] ...
 
 Errors print one line, ``rft: error: ...``, without a traceback (``RFT_DEBUG=1`` shows it); the exit
 code is 2 for bad input (parameters, names, missing files), 1 for a failed run or build.
@@ -324,7 +324,6 @@ def _parser_finetune(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", allow_abbrev=False,
                        help="fine-tune a grid's runs, data-parallel on --nproc N processes (torch.distributed)")
     f.add_argument("--world", help="miniature world or paper setting (worlds/<name>/world.yaml, or a path to a world.yaml)")
-    f.add_argument("--setting", help="paper scale, older form: imagenet or cifar10 (rftlib.worlds.paperdata)")
     f.add_argument("--grid", default="", help="grid file of recipes (notebooks/params/grids/*.yaml)")
     f.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
                    help="run names to fine-tune (default: every run of the grid)")
@@ -333,12 +332,6 @@ def _parser_finetune(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--force", action="store_true", help="re-run runs that already have weights")
     f.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="processes (one per GPU; gloo on CPUs), launched with torch.distributed.run (default 1)")
-    f.add_argument("--model", default="ViT-B-32-quickgelu", help="--setting: open_clip architecture")
-    f.add_argument("--pretrained", help="--setting: local weights file of θ_zs's CLIP (never downloaded)")
-    f.add_argument("--data-root", help="--setting: data directory (layout: rftlib.worlds.paperdata)")
-    f.add_argument("--templates", help="--setting: prompt templates (default: the setting's; e.g. imagenet-simple)")
-    f.add_argument("--train-per-class", type=int, default=None, help="--setting: at most this many training images per class")
-    f.add_argument("--decode-threads", type=int, default=8, help="--setting: image-decoding threads per rank")
     f.add_argument("--device", default="auto", help="auto (CUDA device LOCAL_RANK if present), cpu or cuda")
     f.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 forwards on CUDA too")
     f.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")

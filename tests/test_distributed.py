@@ -458,19 +458,25 @@ def test_rft_finetune_paper_setting_on_fake_cifar(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"defaults": {"epochs": 1, "batch_size": 16, "warmup_steps": 1, "n_train": 32},
                                     "runs": [{"name": "c1", "lr": 1e-4}]}))
-    base = [sys.executable, "-m", "rftlib.cli", "finetune", "--setting", "cifar10", "--model", "rft-tiny",
-            "--data-root", str(tmp_path / "data"), "--grid", str(grid), "--runs-root", str(tmp_path / "runs"),
-            "--threads", "1", "--decode-threads", "2"]
-    p = subprocess.run(base + ["--pretrained", str(weights)], cwd=ROOT, env=_script_env(), capture_output=True,
+    setting = tmp_path / "tiny-cifar" / "world.yaml"
+    setting.parent.mkdir()
+    setting.write_text(yaml.safe_dump({
+        "kind": "paper", "name": "tiny-cifar", "model": "rft-tiny", "pretrained": "${RFT_CLIP_WEIGHTS}",
+        "data_root": str(tmp_path / "data"), "id": {"dataset": "cifar10"}, "ood": ["cifar10.1"],
+        "templates": "cifar10", "device": "cpu", "num_workers": 0, "decode_threads": 2}))
+    cmd = [sys.executable, "-m", "rftlib.cli", "finetune", "--world", str(setting), "--grid", str(grid),
+           "--runs-root", str(tmp_path / "runs"), "--threads", "1"]
+    p = subprocess.run(cmd, cwd=ROOT, env={**_script_env(), "RFT_CLIP_WEIGHTS": str(weights)}, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    m = json.loads((tmp_path / "runs" / "cifar10" / "c1" / "manifest.json").read_text())
-    assert m["parameters"]["model"] == "rft-tiny" and m["parameters"]["n_train_images"] == 100
+    m = json.loads((tmp_path / "runs" / "tiny-cifar" / "c1" / "manifest.json").read_text())
+    assert m["parameters"]["model"] == "rft-tiny" and m["parameters"]["pretrained"] == "tiny.safetensors"
     assert m["parameters"]["image_size"] == 28 and m["distributed"]["world_size"] == 1
-    # OpenAI-format weights on a GELU architecture are refused before any work
+    # OpenAI-format weights on a GELU architecture are refused before any training
     sd = dict(clip.state_dict())
     sd.update(input_resolution=torch.tensor(28), context_length=torch.tensor(20), vocab_size=torch.tensor(49408))
     torch.save(sd, tmp_path / "openai.pt")
-    p = subprocess.run(base + ["--pretrained", str(tmp_path / "openai.pt")], cwd=ROOT, env=_script_env(),
+    p = subprocess.run(cmd + ["--force"], cwd=ROOT, env={**_script_env(), "RFT_CLIP_WEIGHTS": str(tmp_path / "openai.pt")},
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "QuickGELU" in p.stderr
+    assert not (tmp_path / "runs" / "tiny-cifar" / "c1" / "state.pt").exists()

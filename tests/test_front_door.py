@@ -148,9 +148,8 @@ def _finetune_options(argv: list[str]) -> FinetuneOptions:
 
 
 def test_each_rank_gets_the_options_of_the_command():
-    o = FinetuneOptions(setting="cifar10", grid="g.yaml", runs=("a", "b"), runs_root="r", force=True, model="m",
-                        pretrained="w.safetensors", data_root="/d", templates="t", train_per_class=3,
-                        decode_threads=2, device="cpu", bf16=False, compile=True, threads=1, nproc=3)
+    o = FinetuneOptions(world="paper-cifar10", grid="g.yaml", runs=("a", "b"), runs_root="r", force=True,
+                        device="cpu", bf16=False, compile=True, threads=1, nproc=3)
     assert _finetune_options(o.argv()) == dataclasses.replace(o, nproc=1)
     assert _finetune_options(["finetune"]) == FinetuneOptions()
 

@@ -342,7 +342,7 @@ CLI_CASES = [
     # the other verbs of the front door
     (["pipeline", "quick", "--ddp", "0"], r"--ddp=0 must be at least 1"),
     (["finetune", "--world", "fashion", "--grid", FT + "quick.yaml", "--nproc", "0"], r"--nproc=0 must be at least 1"),
-    (["finetune", "--grid", FT + "quick.yaml"], r"give one of --world NAME .* or --setting \{imagenet,cifar10\}"),
+    (["finetune", "--grid", FT + "quick.yaml"], r"give --world NAME: a miniature world or a paper setting"),
     (["gpu-measure", "--phases", "throughput"], r"--phases='throughput': unknown phase\(s\) \['throughput'\]; allowed: "
                                                 r"a comma-separated subset of finetune_throughput, "),
     (["convert-openai", "no/such/ViT-B-32.pt", "out.safetensors"], r"SRC='no/such/ViT-B-32\.pt' does not exist; allowed: "),

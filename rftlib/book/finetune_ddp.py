@@ -16,14 +16,13 @@ notebook step then finds the runs done and only collects their histories.
 Paper scale: a paper setting (``worlds/paper-imagenet/world.yaml``, ``kind: paper``,
 :mod:`rftlib.worlds.paper`) is a world too; its weights and data are named by ``RFT_CLIP_WEIGHTS`` and
 ``RFT_DATA_ROOT``, and the runs land where the notebooks of ``rft pipeline paper-imagenet`` look
-(``runs/paper-imagenet/<run>``; see book/paper-scale.md). The older form ``--setting imagenet
---data-root ... --model ... --pretrained ...`` names everything on the command line and writes
-``runs/<setting>/<run>``.
+(``runs/paper-imagenet/<run>``; see book/paper-scale.md). Another model, weights file or data set
+is another setting file (``--world path/to/world.yaml``).
 
 What it does, per run of the grid: every rank builds θ_zs (same seed, same weights), and
 :func:`rftlib.models.finetune.finetune` trains it under ``DistributedDataParallel`` (each rank takes its
 slice of every global batch, so the result equals one process with the same global batch and seed).
-Rank 0 writes ``<runs-root>/<world or setting>/<run>/theta_ft.safetensors`` and ``manifest.json`` in
+Rank 0 writes ``<runs-root>/<world>/<run>/theta_ft.safetensors`` and ``manifest.json`` in
 the layout of :func:`rftlib.steps.finetune.finetune_grid`; a run whose manifest holds the same recipe and
 parent checkpoint is skipped (``force`` re-runs it); an interrupted run resumes from its last
 epoch (``state.pt``).
@@ -46,7 +45,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -65,9 +63,8 @@ from rftlib.models.device import autocast_forward, device_summary, maybe_compile
 from rftlib.models.finetune import Recipe, finetune
 from rftlib.steps.common import load_grid, run_folder
 
-__all__ = ["SETTINGS", "FinetuneOptions", "Job", "finetune_runs", "launch", "pipeline_jobs", "run_finetune"]
+__all__ = ["FinetuneOptions", "Job", "finetune_runs", "launch", "pipeline_jobs", "run_finetune"]
 
-SETTINGS = ("imagenet", "cifar10")
 #: the notebook whose steps ``rft pipeline --ddp N`` fine-tunes data-parallel
 FINETUNE_NOTEBOOK = "finetune.ipynb"
 
@@ -77,17 +74,10 @@ class FinetuneOptions:
     """The options of ``rft finetune`` (the same names, ``-`` written ``_``)."""
 
     world: str | None = None
-    setting: str | None = None
     grid: str = ""
     runs: tuple[str, ...] = ()
     runs_root: str = "runs"
     force: bool = False
-    model: str = "ViT-B-32-quickgelu"
-    pretrained: str | None = None
-    data_root: str | None = None
-    templates: str | None = None
-    train_per_class: int | None = None
-    decode_threads: int = 8
     device: str = "auto"
     bf16: bool = True
     compile: bool = False
@@ -98,22 +88,12 @@ class FinetuneOptions:
         """These options, checked before any process starts.
 
         Raises:
-            ParameterError: neither or both of ``world`` and ``setting``, an unknown setting, a paper
-                setting without ``pretrained`` or ``data_root``, or a count below 1.
+            ParameterError: no ``world``, or a count below 1.
         """
-        if (self.world is None) == (self.setting is None):
-            raise ParameterError("give one of --world NAME (a world or paper setting) or --setting "
-                                 f"{{{','.join(SETTINGS)}}} (got {'both' if self.world else 'neither'})")
-        if self.setting is not None and self.setting not in SETTINGS:
-            raise ParameterError(f"--setting={self.setting!r} is unknown; allowed: {', '.join(SETTINGS)}")
-        if self.setting is not None:
-            if self.pretrained is None:
-                raise ParameterError("--pretrained is required with --setting: a local weights file (.safetensors "
-                                     "or a weights-only .pt), e.g. OpenAI's ViT-B/32 converted to a state dict")
-            if self.data_root is None:
-                raise ParameterError("--data-root is required with --setting: the folder holding the data sets "
-                                     "(layout: rftlib.worlds.paperdata)")
-        for name in ("nproc", "decode_threads", "threads", "train_per_class"):
+        if not self.world:
+            raise ParameterError("give --world NAME: a miniature world or a paper setting (worlds/<name>/world.yaml, "
+                                 "or a path to a world.yaml), e.g. --world fashion or --world paper-imagenet")
+        for name in ("nproc", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ParameterError(f"--{name.replace('_', '-')}={v} must be at least 1")
@@ -151,7 +131,7 @@ def _check_devices(nproc: int, device: str) -> None:
 class Job:
     """What to fine-tune, from which weights, on which data."""
 
-    name: str                       # folder under runs-root: the world's name or the setting
+    name: str                       # folder under runs-root: the world's name
     parent: str                     # sha256 of θ_zs's checkpoint (the cache key of a run)
     make_model: Callable[[], torch.nn.Module]
     x: Any
@@ -172,35 +152,6 @@ def world_job(world_name: str, device: torch.device | None = None) -> Job:
     parent = world.verify_checkpoint()
     x, y = world.id_training_data()
     return Job(world.name, parent, lambda: world.zeroshot_classifier(verify=False), x, y, params)
-
-
-def paper_job(o: FinetuneOptions, device: torch.device) -> Job:
-    """The older paper-scale form: ``setting``, ``model``, ``pretrained`` and ``data_root`` named directly."""
-    import open_clip
-
-    from rftlib.models.factory import build_classifier, create_clip
-    from rftlib.worlds.paper import LazyImages, image_transform
-    from rftlib.worlds.paperdata import get_dataset
-    from rftlib.worlds.templates import classnames, templates
-
-    o.check()
-    pretrained = Path(str(o.pretrained))
-    # refuses OpenAI-format weights paired with a GELU architecture (silently wrong otherwise)
-    clip, tok = create_clip(o.model, pretrained=pretrained, device=device)
-    size = clip.visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    kwargs = {"per_class": o.train_per_class} if o.train_per_class else {}
-    train = get_dataset(o.setting, o.data_root, split="train", transform=image_transform(size), **kwargs)
-    targets = torch.as_tensor(train.targets, dtype=torch.long)
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0)).tolist()
-    x = LazyImages(train, order, o.decode_threads)
-    names, temps = classnames(o.setting), templates(o.templates or o.setting)
-    # θ_zs once (the zero-shot head encodes every class × template), copied for each run
-    theta_zs = build_classifier(clip, tok, names, temps, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-    del clip
-    params = {"model": o.model, "pretrained": pretrained.name, "templates": o.templates or o.setting,
-              "image_size": size, "train_per_class": o.train_per_class, "n_train_images": len(targets)}
-    return Job(str(o.setting), sha256(pretrained), lambda: copy.deepcopy(theta_zs), x, targets[order], params)
 
 
 def cached(folder: Path, recipe: Recipe, parent: str) -> bool:
@@ -258,7 +209,7 @@ def finetune_runs(o: FinetuneOptions, echo: Callable[[str], None] = print) -> No
     info = D.init_from_env(device=o.device)
     try:
         recipes = load_grid(o.grid, list(o.runs) or None)
-        job = world_job(str(o.world), info.device) if o.world else paper_job(o, info.device)
+        job = world_job(str(o.world), info.device)
         for r in recipes:
             status = run_recipe(job, r, info, o)
             if info.is_main:
@@ -334,7 +285,6 @@ def pipeline_jobs(steps: Sequence[Any], params: Mapping[str, Mapping[str, Any]],
         raise ParameterError(f"--ddp={nproc} needs a fine-tuning step ({FINETUNE_NOTEBOOK}) among the steps to "
                              f"run (selected: {names}); drop --ddp or select one with --only")
     return jobs
-
 
 
 def _step_parameters(step: Any, given: Mapping[str, Any]) -> dict[str, Any]:
