@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from rftlib.errors import ParameterError, RftError
+from rftlib.files.layout import DEFAULT_PIPELINE, RESULTS_ROOT
 from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -497,7 +498,7 @@ def _parser_bench(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--job", action="store_true",
                     help="instead: the default job's wall time quiet and beside one CPU-bound process, each in a fresh "
                          "clone of --commit (about an hour on 2 cores) into book/results/benchmarks/job.json")
-    be.add_argument("--pipeline", default="notebooks/params/default.yaml", help="with --job: the pipeline file")
+    be.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="with --job: the pipeline file")
     be.add_argument("--conditions", default="quiet,shared", help="with --job: quiet, shared or both (comma-separated)")
     be.add_argument("--keep", action="store_true", help="with --job: keep the other conditions already in the file")
     be.add_argument("--commit", default="HEAD", help="with --job: the commit measured (default HEAD)")
@@ -532,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.set_defaults(func=cmd_params)
 
     b = sub.add_parser("book", help="build the Jupyter Book (fetches MathJax first if missing)")
-    b.add_argument("--results", default="book/results", metavar="ROOT",
+    b.add_argument("--results", default=RESULTS_ROOT, metavar="ROOT",
                    help="results root the pages are rendered from, inside the repository (default book/results; "
                         "the quick pipeline writes book/results-quick)")
     b.add_argument("--strict", action="store_true", help="warnings are errors: -W -n --keep-going")

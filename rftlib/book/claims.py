@@ -19,6 +19,7 @@ import pandas as pd
 from rftlib.core.verdicts import CLAIM_IDS, CLAIM_TEXTS, COLUMNS, POWER_COLUMNS, VERDICTS, Claim
 from rftlib.errors import ParameterError, RftError
 from rftlib.files.io import atomic_write_csv
+from rftlib.files.layout import RESULTS_ROOT
 
 
 
@@ -75,7 +76,7 @@ def _read_one(p: Path) -> pd.DataFrame:
         raise ClaimsFileError(f"{p} has an invalid row: {e}") from None
 
 
-def read_claims(path: str | os.PathLike = "book/results", missing_ok: bool = False) -> pd.DataFrame:
+def read_claims(path: str | os.PathLike = RESULTS_ROOT, missing_ok: bool = False) -> pd.DataFrame:
     """Read and validate claim rows: one ``claims.csv``, or every ``<step>/claims.csv`` under a results root.
 
     Returns an empty table with :data:`COLUMNS` when nothing is found and ``missing_ok``.
@@ -191,7 +192,7 @@ def claims_table_markdown(df: pd.DataFrame, claim_texts: Mapping[str, str] = CLA
 # the claims matrix (claims × worlds) and the power table
 # ----------------------------------------------------------------------------------------------
 
-def read_power(path: str | os.PathLike = "book/results") -> pd.DataFrame:
+def read_power(path: str | os.PathLike = RESULTS_ROOT) -> pd.DataFrame:
     """Every ``<step>/power.csv`` under a results root, concatenated (empty table when there is none).
 
     Example:

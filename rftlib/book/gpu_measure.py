@@ -55,6 +55,7 @@ from rftlib.core.layers import layer_groups
 from rftlib.core.sharpness import sharpness
 from rftlib.errors import ParameterError
 from rftlib.files.io import atomic_write_json
+from rftlib.files.layout import RESULTS_ROOT
 from rftlib.files.manifest import repo_root
 from rftlib.models.device import (autocast, device_summary, maybe_compile, memory_aware_batch_size, pick_device,
                                   strict_fp32, synchronize)
@@ -156,7 +157,7 @@ class Guard:
 def default_out() -> Path:
     """``$OUT/gpu_measure.json`` when ``$OUT`` is set, else ``book/results/gpu/gpu_measure.json``."""
     out = os.environ.get("OUT")
-    return Path(out) / "gpu_measure.json" if out else repo_root() / "book" / "results" / "gpu" / "gpu_measure.json"
+    return Path(out) / "gpu_measure.json" if out else repo_root() / RESULTS_ROOT / "gpu" / "gpu_measure.json"
 
 
 def build_model(name: str, n_classes: int, device: torch.device, seed: int = 0) -> ImageClassifier:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rftlib.errors import ParameterError, RftError
+from rftlib.files.layout import DEFAULT_PIPELINE, RESULTS_ROOT
 from rftlib.files.io import atomic_write_json
 from rftlib.files.manifest import repo_root
 
@@ -164,14 +165,14 @@ def _run_condition(pipeline: str, shared: bool, committed: Path, commit: str) ->
                 done = subprocess.run(cmd, cwd=checkout, env=env)
         if done.returncode != 0:
             raise RftError(f"the pipeline {pipeline} failed in the clone (exit {done.returncode}); see its output above")
-        results = checkout / "book" / "results"
+        results = checkout / RESULTS_ROOT
         manifest = json.loads((results / "pipeline" / "manifest.json").read_text())
         out = condition_summary(manifest, _step_seconds(results), load.samples)
         out["results_equal_committed"] = _identical(committed, results)
         return out
 
 
-def run_job_benchmark(out: str | Path, pipeline: str = "notebooks/params/default.yaml",
+def run_job_benchmark(out: str | Path, pipeline: str = DEFAULT_PIPELINE,
                       conditions: Sequence[str] = ("quiet", "shared"), keep: bool = False,
                       commit: str = "HEAD") -> dict[str, Any]:
     """Run the pipeline in a fresh clone of ``commit`` per condition and write the JSON to ``out`` (atomically).
@@ -208,7 +209,7 @@ def run_job_benchmark(out: str | Path, pipeline: str = "notebooks/params/default
         print(f"rft bench --job: {c} run of {pipeline}", file=sys.stderr, flush=True)
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         result["conditions"][c] = {"started": started, "commit": result["commit"],
-                                   **_run_condition(pipeline, c == "shared", root / "book" / "results",
+                                   **_run_condition(pipeline, c == "shared", root / RESULTS_ROOT,
                                                     result["commit"])}
         atomic_write_json(out, result)  # what was measured is kept if the next condition fails
     if {"quiet", "shared"} <= set(result["conditions"]):

@@ -58,7 +58,8 @@ def results_folder(results: str | os.PathLike = DEFAULT_RESULTS_ROOT, what: str 
 
 def _pipelines_writing(rel: str) -> list[str]:
     """The pipeline files of ``notebooks/params/`` whose ``results_root`` is ``rel``."""
-    from rftlib.book.params import PARAMS_DIR, yaml_load
+    from rftlib.book.params import yaml_load
+    from rftlib.files.layout import PARAMS_DIR
 
     found = []
     for f in sorted((repo_root() / PARAMS_DIR).glob("*.y*ml")):
@@ -66,7 +67,7 @@ def _pipelines_writing(rel: str) -> list[str]:
             data = yaml_load(f.read_text(encoding="utf-8"))
             if isinstance(data, dict) and "steps" in data and \
                     check_results_root(data.get("results_root", DEFAULT_RESULTS_ROOT)) == rel:
-                found.append(f"{PARAMS_DIR.as_posix()}/{f.name}")
+                found.append(f"{PARAMS_DIR}/{f.name}")
         except Exception:  # noqa: BLE001 - an unreadable file or a bad root names no root
             continue
     return found

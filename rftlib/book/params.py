@@ -65,14 +65,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from rftlib.errors import ParameterError, RftError
+from rftlib.files.layout import PARAMS_DIR, RESULTS_ROOT
 from rftlib.files.manifest import portable_path, repo_root
 
 if TYPE_CHECKING:
     from rftlib.steps.parameters import StepParams
 
-PARAMS_DIR = Path("notebooks") / "params"
-#: The book's results root: where a pipeline without ``results_root`` writes its step folders.
-DEFAULT_RESULTS_ROOT = "book/results"
+DEFAULT_RESULTS_ROOT = RESULTS_ROOT
 
 # ---------------------------------------------------------------------------------------------
 # YAML with YAML 1.2 scalars (PyYAML follows 1.1: "1e-3" is a string there and "no" is False)

@@ -41,6 +41,7 @@ import pandas as pd
 
 from rftlib.errors import NumericalError, ParameterError, RftError
 from rftlib.files.io import atomic_path, atomic_write_csv
+from rftlib.files.layout import RESULTS_ROOT
 from rftlib.files.manifest import repo_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +60,7 @@ __all__ = [
     "save_figure",
 ]
 
-DEFAULT_ROOT = "book/results"
+DEFAULT_ROOT = RESULTS_ROOT
 
 #: The shared columns of every tidy table (``results.md``), in the order they are written.
 SHARED_COLUMNS: tuple[str, ...] = (

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rftlib.errors import ParameterError, RftError
+from rftlib.files.layout import RESULTS_ROOT
 from rftlib.files.manifest import (
     build_manifest,
     hash_input,
@@ -68,7 +69,6 @@ from rftlib.files.manifest import (
 )
 from rftlib.book.params import notebook_parameters, resolve_path, validate_params
 
-RESULTS_DIR = Path("book") / "results"
 OUT_DIR_PARAM = "out_dir"
 DEFAULT_TIMEOUT = 3600.0
 #: Manifest keys that decide whether a cached run can be reused.
@@ -167,7 +167,7 @@ def notebook_content_hash(notebook: str | os.PathLike) -> str:
 
 def default_out_dir(notebook: str | os.PathLike, step: str | None = None) -> Path:
     """``<repo>/book/results/<step>``; the step defaults to the notebook's file name stem."""
-    return repo_root() / RESULTS_DIR / (step or Path(notebook).stem)
+    return repo_root() / RESULTS_ROOT / (step or Path(notebook).stem)
 
 
 #: Folders named by parameters are fingerprinted only up to this many files (else left out).

@@ -52,8 +52,8 @@ from rftlib.core.stats import (across_run_test, auroc, bootstrap_replicates, com
 from rftlib.core.verdicts import (POWER_COLUMNS, Claim, combine_verdicts, untestable, verdict_from_combined, verdict_from_interval,
                                   verdict_with_contrast)
 from rftlib.errors import ParameterError
-from rftlib.steps.common import StepResults
 from rftlib.files.manifest import repo_path
+from rftlib.steps.common import StepResults
 from rftlib.steps.fields import out_dir_param, seed_param, world_param
 from rftlib.steps.parameters import Problems, StepParams, at_least, param, within
 from rftlib.worlds.world import load_world

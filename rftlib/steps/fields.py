@@ -20,6 +20,7 @@ from typing import Any
 
 from rftlib.core.interpolation import alpha_grid
 from rftlib.errors import CheckpointError
+from rftlib.files.layout import GRIDS_DIR
 from rftlib.files.manifest import repo_path, repo_root
 from rftlib.steps.parameters import Problems, a_path, at_least, did_you_mean, param
 
@@ -53,7 +54,7 @@ def world_param(verify: bool = True) -> Any:
 
 def grid_param(doc: str) -> Any:
     """The ``grid`` field: a grid file of recipes (:func:`check_grid`)."""
-    return param("notebooks/params/grids/fashion.yaml", doc, check=lambda p, _: check_grid(p))
+    return param(f"{GRIDS_DIR}/fashion.yaml", doc, check=lambda p, _: check_grid(p))
 
 
 def runs_root_param(doc: str = "folder of fine-tuned weights") -> Any:
@@ -148,9 +149,9 @@ def check_grid(p: Problems) -> list[Any] | None:
     from rftlib.steps.common import load_grid, yaml_problem
 
     v = p.values["grid"]
-    folder = repo_root() / "notebooks" / "params" / "grids"
-    files = sorted(f"notebooks/params/grids/{f.name}" for f in folder.glob("*.y*ml")) if folder.is_dir() else []
-    allowed = "a grid file, e.g. " + (", ".join(files) or "notebooks/params/grids/fashion.yaml")
+    folder = repo_root() / GRIDS_DIR
+    files = sorted(f"{GRIDS_DIR}/{f.name}" for f in folder.glob("*.y*ml")) if folder.is_dir() else []
+    allowed = "a grid file, e.g. " + (", ".join(files) or f"{GRIDS_DIR}/fashion.yaml")
     if not v.strip() or not repo_path(v).is_file():
         p.add("grid", v, "does not exist" if v.strip() else "is not a path", allowed)
         return None

@@ -37,9 +37,9 @@ from rftlib.core.sharpness import KINDS, NORMS, layerwise_sharpness, sharpness
 from rftlib.core.stats import combine_within, within_run
 from rftlib.core.verdicts import Claim
 from rftlib.errors import ParameterError
+from rftlib.files.manifest import repo_path
 from rftlib.progress import bar
 from rftlib.steps import interpolate
-from rftlib.files.manifest import repo_path
 from rftlib.steps.common import StepResults, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
 from rftlib.steps.fields import (check_on_alpha_grid, grid_param, n_boot_param, out_dir_param, runs_root_param,
                                  seed_param, world_param)
