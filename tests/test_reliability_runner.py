@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from rftlib import cli
-from rftlib.book import runner
+from rftlib.book import runner, staging
 from rftlib.book.runner import NotebookExecutionError, run_notebook
 from rftlib.errors import ParameterError
 from rftlib.files.manifest import repo_root
@@ -206,11 +206,11 @@ def test_recovery_puts_back_results_renamed_aside_by_a_killed_publish(tmp_path):
     out = tmp_path / "step"
     aside = tmp_path / ".step.replaced"
     aside.mkdir()
-    (aside / "a.csv").write_text("x\n1\n")  # killed between the two renames of _publish
+    (aside / "a.csv").write_text("x\n1\n")  # killed between the two renames of publish
     stage = tmp_path / ".step.staging" / "step"
     stage.mkdir(parents=True)
     (stage / "a.csv").write_text("x\n2\n")
-    assert runner._recover(out)
+    assert staging.recover(out)
     assert (out / "a.csv").read_text() == "x\n1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step"]
 
@@ -221,7 +221,7 @@ def test_recovery_drops_a_leftover_staging_folder_and_keeps_the_results(tmp_path
     (out / "a.csv").write_text("x\n1\n")
     (tmp_path / ".step.staging" / "step").mkdir(parents=True)
     (tmp_path / ".step.replaced").mkdir()  # with the results folder in place, the aside copy is stale
-    assert runner._recover(out)
+    assert staging.recover(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step"] and (out / "a.csv").read_text() == "x\n1\n"
 
 

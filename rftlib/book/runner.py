@@ -16,18 +16,11 @@ data it reads changed (a folder's manifest and executed notebooks do not count).
 the cache (every commit would otherwise rerun every step); the result says when the library's
 sources changed since.
 
-**Failures.** The results folder is backed up before the run; if the notebook fails, the folder is
-restored as it was and the executed notebook with the error is saved beside it as
-``<notebook name>.failed.ipynb``; :class:`NotebookExecutionError` names the failing cell.
-
-**Killed runs.** The backup is copied under a temporary name (``.<out>.backup.partial``), its
-completion marker ``.<out>.backup.complete`` is written, and only then is it renamed to
-``.<out>.backup``; it is renamed away before it is deleted. So a backup with its marker is always
-complete. The next run, *before* its cache check, restores such a backup (the results folder of a
-killed run may mix its tables with the earlier run's manifest), discards a backup without a marker
-(it may be partial: it never replaces the results folder, and that run ignores the cache), and
-deletes the temporary files of killed atomic writes (``.<name>.<random>.tmp``, see
-:func:`rftlib.files.io.atomic_path`) from the results folder.
+**Failures and kills.** A step runs into a staging folder that replaces the results folder in one
+rename, and only when the notebook succeeded (:mod:`rftlib.book.staging`, which also cleans up after
+a killed run before the next cache check). If the notebook fails, the results folder is as it was,
+the executed notebook with the error is saved into it as ``<notebook name>.failed.ipynb``, and
+:class:`NotebookExecutionError` names the failing cell (:mod:`rftlib.book.executed`).
 
 **Output folder parameter.** A notebook that declares a parameter ``out_dir`` is given the results
 folder (repository-relative) unless the caller sets it.
@@ -45,8 +38,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +58,9 @@ from rftlib.files.manifest import (
     rftlib_source_hash,
     write_manifest,
 )
+from rftlib.book.executed import failing_cell, normalise_executed, shown_path, source_count, source_index
 from rftlib.book.params import notebook_parameters, resolve_path, validate_params
+from rftlib.book.staging import StepInterrupted, begin_staging, discard_quietly, publish, recover
 
 OUT_DIR_PARAM = "out_dir"
 DEFAULT_TIMEOUT = 3600.0
@@ -206,202 +199,6 @@ def _fingerprints(inputs: Mapping[str, Any], root: Path) -> dict[str, str]:
     return out
 
 
-def _failing_cell(nb_path: Path) -> tuple[int | None, int | None, str]:
-    """(index in the executed notebook, execution count, first source line) of the first cell with
-    an error output, or else the one papermill marked as failed or still running."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(str(nb_path), as_version=4)
-    except Exception:  # noqa: BLE001
-        return None, None, ""
-
-    def first_line(c: Any) -> str:
-        return (c.get("source", "").strip().splitlines() or [""])[0]
-
-    for i, c in enumerate(nb.cells):
-        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
-            return i, c.get("execution_count"), first_line(c)
-    for i, c in enumerate(nb.cells):
-        pm = c.get("metadata", {}).get("papermill", {})
-        if pm.get("exception") or pm.get("status") in ("failed", "running"):
-            return i, c.get("execution_count"), first_line(c)
-    return None, None, ""
-
-
-def _show(path: Path, root: Path) -> str:
-    """A path for messages: repository-relative inside the repository, else absolute."""
-    p = portable_path(path, root)
-    return str(path) if p.startswith("<external>") else p
-
-
-def _source_index(executed: Path, exec_index: int | None) -> int | None:
-    """Map a cell index of the executed notebook (with papermill's injected and error cells) to
-    the index in the source notebook."""
-    if exec_index is None:
-        return None
-    import nbformat
-
-    try:
-        cells = nbformat.read(str(executed), as_version=4).cells
-    except Exception:  # noqa: BLE001
-        return exec_index
-    extra = {"injected-parameters", "papermill-error-cell-tag"}
-    return sum(1 for c in cells[:exec_index] if not extra & set(c.get("metadata", {}).get("tags", [])))
-
-
-def _source_count(executed: Path, count: int) -> int:
-    """An execution count ``[In N]`` of the executed notebook as the user's notebook would have
-    it: without papermill's injected cells that ran before it."""
-    import nbformat
-
-    try:
-        cells = nbformat.read(str(executed), as_version=4).cells
-    except Exception:  # noqa: BLE001
-        return count
-    extra = {"injected-parameters", "papermill-error-cell-tag"}
-    before = [c for c in cells if extra & set(c.get("metadata", {}).get("tags", []))
-              and isinstance(c.get("execution_count"), int) and c["execution_count"] < count]
-    return count - len(before)
-
-
-#: Tags of the cells papermill adds to an executed notebook, and the fixed cell id each gets.
-PAPERMILL_CELL_IDS = {"injected-parameters": "injected-parameters", "papermill-error-cell-tag": "papermill-error-cell"}
-
-
-def _fixed_cell_ids(cells: Sequence[Any]) -> None:
-    """Give the cells papermill added (which carry random nbformat ids) fixed, unique ids; the
-    notebook's own cells keep theirs."""
-    added = [(c, tag) for c in cells for tag in PAPERMILL_CELL_IDS if tag in c.get("metadata", {}).get("tags", [])]
-    taken = {c.get("id") for c in cells} - {c.get("id") for c, _ in added}
-    for c, tag in added:
-        base, i = PAPERMILL_CELL_IDS[tag], 1
-        new = base
-        while new in taken:
-            i += 1
-            new = f"{base}-{i}"
-        taken.add(new)
-        c["id"] = new
-
-
-def _normalise_executed(path: Path, source: str, executed: str, stage: Path | None = None,
-                        out: Path | None = None) -> None:
-    """Make an executed notebook host-independent and byte-stable across equal runs: record
-    repository-relative paths, drop papermill's and nbclient's timestamps and durations, and give
-    the cells papermill added (injected parameters, error cells) fixed ids instead of random ones."""
-    import nbformat
-
-    from rftlib.files.io import atomic_write_text
-
-    nb = nbformat.read(str(path), as_version=4)
-    meta = nb.metadata.get("papermill")
-    if isinstance(meta, dict):
-        for k in ("start_time", "end_time", "duration"):
-            meta.pop(k, None)
-        meta["input_path"], meta["output_path"] = source, executed
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
-        pm_meta = cell.metadata.get("papermill")
-        if isinstance(pm_meta, dict):
-            for k in ("start_time", "end_time", "duration"):
-                pm_meta.pop(k, None)
-    if (nb.nbformat, nb.nbformat_minor) >= (4, 5):  # cell ids exist from nbformat 4.5 on
-        _fixed_cell_ids(nb.cells)
-    text = nbformat.writes(nb)
-    if stage is not None and out is not None:  # the step ran into its staging folder: name the results folder
-        root = repo_root()
-        for a, b in ((str(stage), str(out)), (_show(stage, root), _show(out, root))):
-            text = text.replace(a, b)
-    atomic_write_text(path, strip_machine_paths(text))
-
-
-def strip_machine_paths(text: str) -> str:
-    """Replace this machine's paths in notebook outputs by portable ones: the repository root by
-    nothing (paths become repository-relative), the Python environment by ``<env>``.
-
-    Example:
-        >>> import sys
-        >>> strip_machine_paths(str(repo_root() / "book" / "x.png")), strip_machine_paths(sys.prefix + "/lib")
-        ('book/x.png', '<env>/lib')
-    """
-    import sys
-
-    root = str(repo_root())
-    for prefix, repl in ((sys.prefix, "<env>"), (root + "/", ""), (root, ".")):
-        text = text.replace(prefix, repl)
-    return text
-
-
-#: Temporary files of :func:`rftlib.files.io.atomic_path` (``.<name>.<random>.tmp``), left by killed writes.
-ATOMIC_TMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")
-
-
-def _sibling(out_dir: Path, suffix: str) -> Path:
-    """The runner's bookkeeping paths beside a results folder: ``.<out>.<suffix>``."""
-    return out_dir.parent / f".{out_dir.name}.{suffix}"
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a folder: first renamed away (so a kill never leaves a half-deleted folder under its
-    name), then removed."""
-    if not path.exists() and not path.is_symlink():
-        return
-    trash = path if path.name.endswith(".trash") else path.with_name(path.name + ".trash")
-    if trash != path:
-        _remove_tree(trash)
-        os.replace(path, trash)
-    if trash.is_dir() and not trash.is_symlink():
-        shutil.rmtree(trash)
-    else:
-        trash.unlink()
-
-
-def _restore(out_dir: Path, backup: Path | None) -> None:
-    """Put the (complete) backup back in place of ``out_dir``."""
-    if backup is None or not backup.exists():
-        return
-    aside = _sibling(out_dir, "replaced")
-    _remove_tree(aside)
-    if out_dir.exists():
-        os.replace(out_dir, aside)
-    os.replace(backup, out_dir)
-    _sibling(out_dir, "backup.complete").unlink(missing_ok=True)
-    _remove_tree(aside)
-
-
-def _recover(out_dir: Path) -> bool:
-    """Clean up after an earlier run that was killed; returns ``False`` when the results folder
-    cannot be trusted (the cache is then ignored).
-
-    A leftover staging folder (``.<out>.staging``) is deleted: the results folder was never touched
-    by that run. A kill between the two renames of :func:`_publish` leaves no results folder but
-    the earlier one aside as ``.<out>.replaced``: it is put back. A complete backup (with its
-    marker, from an rftlib that ran steps in place) is restored; a backup without a marker may be
-    partial: it is discarded, never restored, and the results folder does not count as cached.
-    Temporary files of killed atomic writes are deleted.
-    """
-    trusted = True
-    backup, marker = _sibling(out_dir, "backup"), _sibling(out_dir, "backup.complete")
-    aside = _sibling(out_dir, "replaced")
-    for suffix in ("staging", "staging.trash", "backup.partial", "backup.trash", "backup.partial.trash", "replaced.trash"):
-        _remove_tree(_sibling(out_dir, suffix))
-    if aside.exists() and not out_dir.exists() and not (backup.exists() and marker.is_file()):
-        os.replace(aside, out_dir)
-    _remove_tree(aside)
-    if backup.exists():
-        if marker.is_file():
-            _restore(out_dir, backup)
-        else:
-            _remove_tree(backup)
-            trusted = False
-    marker.unlink(missing_ok=True)
-    if out_dir.is_dir():
-        for p in sorted(out_dir.rglob(".*.tmp")):
-            if ATOMIC_TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-    return trusted
-
-
 # ---------------------------------------------------------------------------------------------
 # Checks made before any kernel starts
 
@@ -524,57 +321,6 @@ def _resolve_out(src: Path, step: str, out_dir: Any, given: Mapping[str, Any], s
 
 
 # ---------------------------------------------------------------------------------------------
-# The staging folder: a step runs into ``.<out>.staging`` and is renamed into place on success
-
-
-class StepInterrupted(RftError):
-    """The run was interrupted (Ctrl-C); the results folder is as it was before the run."""
-
-    def __init__(self, step: str, out_dir: Path) -> None:
-        super().__init__(f"interrupted; step {step} stopped, its earlier results are kept as they were in {out_dir}")
-        self.step, self.out_dir = step, out_dir
-
-
-def _staging(out_dir: Path) -> Path:
-    """The staging folder of ``out_dir``: ``.<out>.staging/<out>``, so that the step sees a folder
-    of its own name (notebooks take their step name from it)."""
-    return _sibling(out_dir, "staging") / out_dir.name
-
-
-def _begin_staging(out_dir: Path) -> Path:
-    """A fresh staging folder holding a copy of the current results (a step may reuse what it
-    wrote before, e.g. cached weights)."""
-    stage = _staging(out_dir)
-    _remove_tree(stage.parent)
-    stage.parent.mkdir(parents=True)
-    if out_dir.is_dir():
-        shutil.copytree(out_dir, stage, symlinks=True)
-    else:
-        stage.mkdir()
-    return stage
-
-
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Put the finished staging folder in place of ``out_dir``: the old folder is renamed aside
-    first (``.<out>.replaced``, restored by :func:`_recover` if a kill lands between the renames)."""
-    aside = _sibling(out_dir, "replaced")
-    _remove_tree(aside)
-    if out_dir.exists() or out_dir.is_symlink():
-        os.replace(out_dir, aside)
-    os.replace(stage, out_dir)
-    _remove_tree(aside)
-    _remove_tree(stage.parent)
-
-
-def _discard_quietly(path: Path) -> None:
-    """Remove a staging folder; never raises (the caller is already handling a failure)."""
-    try:
-        _remove_tree(path)
-    except OSError:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
 
 
@@ -601,7 +347,7 @@ def _cached(out: Path, executed: Path, manifest: Mapping[str, Any], step: str, f
             say: Callable[[str], None]) -> RunResult | None:
     """The earlier run, when it matches (after recovering from a killed one); else ``None``."""
     root = repo_root()
-    trusted = _recover(out)
+    trusted = recover(out)
     if not trusted:
         say(f"{step}: an interrupted earlier run left a backup that may be partial; discarded it, rerunning")
     previous = read_manifest(out)
@@ -610,7 +356,7 @@ def _cached(out: Path, executed: Path, manifest: Mapping[str, Any], step: str, f
     assert previous is not None
     changed = previous.get("rftlib_source_sha256") != rftlib_source_hash()
     secs = float(previous.get("steps", {}).get("execute", previous.get("wall_seconds") or 0.0))
-    say(f"{step}: cached ({_show(out, root)})" + ("; rftlib changed since, --force reruns" if changed else ""))
+    say(f"{step}: cached ({shown_path(out, root)})" + ("; rftlib changed since, --force reruns" if changed else ""))
     return RunResult(step, executed, out, dict(previous), True, secs, changed)
 
 
@@ -665,7 +411,7 @@ def run_notebook(
     out = _resolve_out(src, step, out_dir, given, specs)
     root = repo_root()
     if OUT_DIR_PARAM in specs:
-        given[OUT_DIR_PARAM] = _show(out, root)
+        given[OUT_DIR_PARAM] = shown_path(out, root)
     checked = validate_params(src, given, extra_checks=extra_checks)
     manifest, all_inputs = _prepare(src, step, out, checked, specs, inputs, kernel_name)
     hit = _cached(out, out / f"{src.stem}.ipynb", manifest, step, force, say)
@@ -679,7 +425,7 @@ def _run_staged(src: Path, step: str, out: Path, checked: Mapping[str, Any], man
     """Execute into a staging folder and rename it into ``out`` (a failure leaves ``out`` as it was)."""
     ensure_kernel(kw["kernel_name"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = _begin_staging(out)
+    stage = begin_staging(out)
     root = repo_root()
     say(f"{step}: running {portable_path(src, root)}")
     t0 = time.perf_counter()
@@ -688,11 +434,11 @@ def _run_staged(src: Path, step: str, out: Path, checked: Mapping[str, Any], man
             _execute(src, stage, out, checked, step=step, **kw)
         _finish(src, stage, out, manifest, all_inputs)
     except BaseException:
-        _discard_quietly(stage.parent)
+        discard_quietly(stage.parent)
         raise
     secs = time.perf_counter() - t0
     executed = out / f"{src.stem}.ipynb"
-    say(f"{step}: done in {secs:.1f} s -> {_show(executed, root)}")
+    say(f"{step}: done in {secs:.1f} s -> {shown_path(executed, root)}")
     return RunResult(step, executed, out, dict(manifest), False, secs)
 
 
@@ -709,7 +455,7 @@ def _execute(src: Path, stage: Path, out: Path, checked: Mapping[str, Any], *, k
     root = repo_root()
     params = dict(checked)
     if OUT_DIR_PARAM in params:
-        params[OUT_DIR_PARAM] = _show(stage, root)
+        params[OUT_DIR_PARAM] = shown_path(stage, root)
     running = stage / f".{src.stem}.running.ipynb"
     pm_log = logging.getLogger("papermill")
     level = pm_log.level
@@ -785,7 +531,7 @@ def _save_failed(src: Path, running: Path, stage: Path, out: Path) -> Path | Non
     except OSError:
         return None
     try:
-        _normalise_executed(failed, portable_path(src, root), portable_path(failed, root), stage, out)
+        normalise_executed(failed, portable_path(src, root), portable_path(failed, root), stage, out)
     except Exception:  # noqa: BLE001 - a half-written notebook stays as it is
         pass
     return failed
@@ -800,15 +546,15 @@ def _execution_error(src: Path, e: Exception, failed: Path | None, timeout: floa
         idx, count, ename, evalue = e.cell_index, e.exec_count, e.ename, e.evalue
         first = (str(e.source).strip().splitlines() or [""])[0]
     else:
-        idx, count, first = _failing_cell(failed) if failed else (None, None, "")
+        idx, count, first = failing_cell(failed) if failed else (None, None, "")
         ename = type(e).__name__
         if isinstance(e, TimeoutError) and ename == "CellTimeoutError":
             evalue = f"the cell ran longer than the timeout of {timeout:g} s (raise it with --timeout)"
         else:
             evalue = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-    src_idx = _source_index(failed, idx) if failed else idx
+    src_idx = source_index(failed, idx) if failed else idx
     if count is not None and failed is not None:
-        count = _source_count(failed, count)
+        count = source_count(failed, count)
     where = f"cell {src_idx + 1}" if src_idx is not None else "a cell"
     if count is not None:
         where += f" [In {count}]"
@@ -816,7 +562,7 @@ def _execution_error(src: Path, e: Exception, failed: Path | None, timeout: floa
         f"{portable_path(src, root)} failed in {where}"
         + (f" ({first[:80]!r})" if first else "")
         + f": {ename}: {evalue}"
-        + (f"; the executed notebook with the error is {_show(failed, root)}" if failed else "")
+        + (f"; the executed notebook with the error is {shown_path(failed, root)}" if failed else "")
         + "; previous results were left as they were"
     )
     return NotebookExecutionError(msg, cell_index=src_idx, ename=ename, evalue=evalue, failed_notebook=failed)
@@ -827,7 +573,7 @@ def _finish(src: Path, stage: Path, out: Path, manifest: Any, all_inputs: Mappin
     root = repo_root()
     running = stage / f".{src.stem}.running.ipynb"
     executed = stage / f"{src.stem}.ipynb"
-    _normalise_executed(running, portable_path(src, root), portable_path(out / executed.name, root), stage, out)
+    normalise_executed(running, portable_path(src, root), portable_path(out / executed.name, root), stage, out)
     os.replace(running, executed)
     (stage / f"{src.stem}.failed.ipynb").unlink(missing_ok=True)
     # inputs as the run left them: a folder the step also writes into (e.g. weights it caches)
@@ -844,7 +590,7 @@ def _finish(src: Path, stage: Path, out: Path, manifest: Any, all_inputs: Mappin
             elif k not in manifest:
                 manifest[k] = v
     write_manifest(stage, manifest.finish())
-    _publish(stage, out)
+    publish(stage, out)
 
 
 __all__ = [
