@@ -54,10 +54,6 @@ def iterate_batches(split: Split, batch_size: int, device: torch.device | str,
             yield xb.to(device, non_blocking=True), torch.as_tensor(yb).to(device, non_blocking=True)
 
 
-def split_size(split: Split) -> int:
-    return len(split[0]) if isinstance(split, tuple) else len(split)  # type: ignore[arg-type]
-
-
 def class_subset_projection(model: nn.Module, split: Split):
     """For a split with an ``eval_class_subset``: a :class:`rftlib.core.subset.SubsetLogits` of ``model``,
     whose ``project(logits)`` and ``map_labels(labels)`` score the split on its own classes; else ``None``.
