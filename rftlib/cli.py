@@ -97,8 +97,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from rftlib.book.pipeline import run_pipeline, select_steps
     from rftlib.book.runner import check_timeout
+    from rftlib.book.schedule import thread_policy
 
     check_timeout(a.timeout)
+    thread_policy(a.jobs, a.threads)  # a bad --jobs or --threads is refused with --list too
     pf = pipeline_file(a)
     for s in pf.steps:
         check_timeout(s.timeout, where=f"{a.paramfile or pf.name}: step {s.name}: 'timeout'")

@@ -94,3 +94,17 @@ def test_a_class_missing_a_member_is_not_a_world():
     assert not isinstance(NoCheck(), World)
     NoCheck.check = lambda self: None
     assert isinstance(NoCheck(), World)
+
+
+@pytest.mark.parametrize("world", MINIATURE)
+def test_the_image_counts_that_parameters_are_checked_against_are_the_worlds_own(world):
+    from rftlib.book.params import validate_params
+    from rftlib.errors import ParameterError
+    from rftlib.steps.fields import image_counts
+
+    w = load_world(world)
+    n_train, n_held = image_counts(w)
+    assert n_train == len(w.id_training_data()[0]) and n_held == len(w.test_data()[0])
+    validate_params("notebooks/sharpness.ipynb", {"world": world, "n_examples": n_train})
+    with pytest.raises(ParameterError, match=rf"n_examples={n_train + 1} exceeds the {n_train} training images"):
+        validate_params("notebooks/sharpness.ipynb", {"world": world, "n_examples": n_train + 1})

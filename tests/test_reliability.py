@@ -341,6 +341,8 @@ CLI_CASES = [
     (["params", "@nonliteral"], r"the value of 'n' is not a literal"),
     # the other verbs of the front door
     (["pipeline", "quick", "--ddp", "0"], r"--ddp=0 must be at least 1"),
+    (["pipeline", "quick", "--list", "--jobs", "0"], r"--jobs must be a positive integer .*got 0"),
+    (["pipeline", "quick", "--list", "--threads", "-1"], r"--threads must be a positive integer .*got -1"),
     (["finetune", "--world", "fashion", "--grid", FT + "quick.yaml", "--nproc", "0"], r"--nproc=0 must be at least 1"),
     (["finetune", "--grid", FT + "quick.yaml"], r"give --world NAME: a miniature world or a paper setting"),
     (["gpu-measure", "--phases", "throughput"], r"--phases='throughput': unknown phase\(s\) \['throughput'\]; allowed: "

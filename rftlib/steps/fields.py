@@ -24,9 +24,9 @@ from rftlib.files.layout import GRIDS_DIR
 from rftlib.files.manifest import repo_path, repo_root
 from rftlib.steps.parameters import Problems, a_path, at_least, did_you_mean, param
 
-__all__ = ["check_grid", "check_held_out", "check_layers", "check_world", "grid_param", "interpolation_alphas",
-           "layer_counts", "n_boot_param", "n_eval_param", "out_dir_param", "runs_root_param", "seed_param",
-           "world_name", "world_param"]
+__all__ = ["check_grid", "check_held_out", "check_layers", "check_training_images", "check_world",
+           "grid_param", "image_counts", "interpolation_alphas", "layer_counts", "n_boot_param",
+           "n_eval_param", "out_dir_param", "runs_root_param", "seed_param", "world_name", "world_param"]
 
 #: Float format of result tables (:func:`rftlib.files.io.atomic_write_csv`); alphas read back are rounded so.
 _CSV_FLOAT = "%.6g"
@@ -173,17 +173,43 @@ def check_grid(p: Problems) -> list[Any] | None:
     return recipes
 
 
+def image_counts(world: Any) -> tuple[int | None, int | None]:
+    """A miniature world's (training, held-out) images, known without reading them; ``None`` where
+    the world cannot tell (a paper setting counts its images only when it reads them).
+
+    Example:
+        >>> from rftlib.worlds.world import load_world
+        >>> image_counts(load_world("fashion")), image_counts(load_world("digits"))
+        ((60000, 10000), (4000, 1000))
+    """
+    if world.kind != "mini":
+        return None, None
+    if world.dataset == "fashion-mnist":
+        return 60000, 10000
+    n_test = world.split.get("n_test")  # mnist5k: 5,000 images, split by the world file
+    return (5000 - n_test, n_test) if isinstance(n_test, int) else (None, None)
+
+
 def check_held_out(p: Problems, name: str = "n_eval") -> None:
     """``name`` (images per evaluation split) must not exceed the held-out images of the world that
     :func:`check_world` loaded."""
+    _at_most_images(p, name, held_out=True)
+
+
+def check_training_images(p: Problems, name: str = "n_examples") -> None:
+    """``name`` (training examples used) must not exceed the training images of the world that
+    :func:`check_world` loaded."""
+    _at_most_images(p, name, held_out=False)
+
+
+def _at_most_images(p: Problems, name: str, held_out: bool) -> None:
     n, world = p.values[name], p.context.get("world")
     if world is None or not p.ok(name):
         return
-    held = {"fashion-mnist": 10000}.get(getattr(world, "dataset", None))
-    if getattr(world, "dataset", None) == "mnist5k":
-        held = world.split.get("n_test")
-    if isinstance(held, int) and n > held:
-        p.add(name, n, f"exceeds the {held} held-out images of world {world.name!r}", f"an integer in [1, {held}]")
+    limit = image_counts(world)[1 if held_out else 0]
+    if isinstance(limit, int) and n > limit:
+        what = "held-out" if held_out else "training"
+        p.add(name, n, f"exceeds the {limit} {what} images of world {world.name!r}", f"an integer in [1, {limit}]")
 
 
 def layer_counts(world: Any) -> dict[str, int]:

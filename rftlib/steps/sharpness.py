@@ -41,8 +41,8 @@ from rftlib.files.manifest import repo_path
 from rftlib.progress import bar
 from rftlib.steps import interpolate
 from rftlib.steps.common import StepResults, load_endpoints, load_grid, load_theta_ft, read_upstream, sharpness_data
-from rftlib.steps.fields import (check_on_alpha_grid, grid_param, n_boot_param, out_dir_param, runs_root_param,
-                                 seed_param, world_param)
+from rftlib.steps.fields import (check_on_alpha_grid, check_training_images, grid_param, n_boot_param, out_dir_param,
+                                 runs_root_param, seed_param, world_param)
 from rftlib.steps.parameters import Problems, StepParams, at_least, each_within, one_of, param, within
 from rftlib.worlds.world import World, load_world
 
@@ -70,7 +70,7 @@ class Params(StepParams):
                               check=each_within(lambda r: r > 0, "a finite number > 0"))
     rho_claims: float = param(0.004, "the radius at which the claims are judged (one of rhos)",
                               check=within(lambda r: r > 0, "one of rhos"))
-    n_examples: int = param(128, "training examples (no augmentation)", check=at_least(1))
+    n_examples: int = param(128, "training examples (no augmentation)", check=(at_least(1), check_training_images))
     m: int = param(128, "examples per batch (m-sharpness: max per batch, then mean)", check=at_least(1))
     n_iters: int = param(5, "ascent steps (worst) or noise draws (average) per batch", check=at_least(1))
     logit_norm: bool = param(True, "logit normalization before the cross-entropy")

@@ -3,8 +3,9 @@
 A *paper setting* is a file ``worlds/<name>/world.yaml`` whose first key is ``kind: paper``;
 :func:`rftlib.worlds.world.load_world` hands it to :meth:`PaperWorld.from_config`, so every notebook runs
 it through its ``world`` parameter alone. A :class:`PaperWorld` satisfies the one interface of a
-world, :class:`rftlib.worlds.protocol.World`, as a miniature world does, with the same meanings. The data sets come from :mod:`rftlib.worlds.paperdata`, prompts and class names
-from :mod:`rftlib.worlds.templates`, the model from :func:`rftlib.models.factory.create_clip` with local weights.
+world, :class:`rftlib.worlds.protocol.World`, as a miniature world does, with the same meanings.
+The data sets come from :mod:`rftlib.worlds.paperdata`, prompts and class names from
+:mod:`rftlib.worlds.templates`, the model from :func:`rftlib.models.factory.create_clip` with local weights.
 
 Setting file (every key but ``sha256``, ``classnames``, ``preprocess``, ``device``,
 ``num_workers``, ``decode_threads``, ``eval_seed`` and ``description`` is required)::
