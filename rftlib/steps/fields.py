@@ -231,8 +231,8 @@ def layer_counts(world: Any) -> dict[str, int]:
         out["block"] = int(layers) + 3
     except (OSError, KeyError, TypeError, ValueError):
         pass
-    ckpt = getattr(world, "checkpoint", None)
-    if getattr(world, "kind", None) != "paper" and isinstance(ckpt, Path) and ckpt.is_file():
+    ckpt = world.checkpoint if world.kind == "mini" else None  # a paper setting's weights file is not read here
+    if ckpt is not None and ckpt.is_file():
         from safetensors import safe_open
 
         with safe_open(str(ckpt), framework="pt") as f:

@@ -36,7 +36,7 @@ class Params(StepParams):
         w = check_world(p, verify=p.values["recreate"] is False)  # a shipped checkpoint must pass every check
         if w is None:
             return
-        if getattr(w, "kind", None) == "paper":  # weights and data were checked with the world
+        if w.kind == "paper":  # weights and data were checked with the world
             if p.values["recreate"] is True:
                 p.add("recreate", True, f"cannot pretrain paper setting {w.name!r}: its CLIP weights are a given file",
                       "false")

@@ -218,7 +218,7 @@ def _miniature_worlds() -> list[str]:
 def _miniature(name: str) -> _world.MiniWorld:
     """The miniature world ``name`` (a paper setting has no pretraining here)."""
     w = _world.load_world(name)
-    if getattr(w, "kind", None) == "paper":
+    if w.kind == "paper":
         raise ParameterError(f"world {name!r} is a paper setting: its CLIP weights are a given file, there is nothing "
                              f"to pretrain; check it with `rft world verify {name}`.")
     return w
@@ -344,7 +344,7 @@ def verify_world(name: str) -> str:
         64
     """
     w = _world.check_world(name)
-    return "" if getattr(w, "kind", None) == "paper" else w.manifest()["sha256"]
+    return "" if w.kind == "paper" else w.manifest()["sha256"]
 
 
 def world_state(name: str) -> str:
@@ -359,7 +359,7 @@ def world_state(name: str) -> str:
 
     try:
         w = _world.load_world(name)
-        if getattr(w, "kind", None) == "paper":
+        if w.kind == "paper":
             problems = w.problems()  # type: ignore[attr-defined]
             missing = sorted(set(re.findall(r"\bRFT_[A-Z_]+", " ".join(problems))))
             return "paper setting, " + ("ready" if not problems else
