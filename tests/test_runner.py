@@ -26,6 +26,7 @@ from rftlib.book.runner import NotebookExecutionError, ensure_kernel, notebook_c
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DUMMY = FIXTURES / "dummy.ipynb"
+ROOT = repo_root()
 
 
 def _stdout(nb_path: Path) -> str:
@@ -309,3 +310,43 @@ def test_kernel_stderr_is_relayed_without_the_shutdown_noise(tmp_path, capsys):
     log.write_text(f"[IPKernelApp] ERROR | {SHUTDOWN_NOISE}.\n")
     _relay_kernel_stderr(log, show=True)
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a study step declares: its world as an input, its fine-tuned runs as outputs
+
+
+@pytest.mark.slow
+def test_a_cached_finetune_step_whose_runs_are_missing_runs_again(tmp_path):
+    """A fresh checkout holds the committed results but no runs/: the fine-tuning step must not be
+    served from the cache (the next step would find no weights)."""
+    import yaml
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"defaults": {"epochs": 1, "batch_size": 16, "warmup_steps": 1, "n_train": 32},
+                                    "runs": [{"name": "t1", "lr": 1e-4}]}))
+    params = {"world": "digits", "grid": str(grid), "runs_root": str(tmp_path / "runs")}
+    out, weights = tmp_path / "out", tmp_path / "runs" / "digits" / "t1" / "theta_ft.safetensors"
+    first = run_notebook(ROOT / "notebooks" / "finetune.ipynb", params, out)
+    assert not first.cached and weights.is_file()
+    assert set(first.manifest["input_sha256"]) == {"param:grid", "world"}  # runs_root holds its outputs
+    assert run_notebook(ROOT / "notebooks" / "finetune.ipynb", params, out).cached
+    shutil.rmtree(tmp_path / "runs")
+    messages: list[str] = []
+    third = run_notebook(ROOT / "notebooks" / "finetune.ipynb", params, out, log=messages.append)
+    assert not third.cached and weights.is_file()
+    assert any("1 of its 1 output file(s) outside its results folder are missing" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_an_edited_world_file_reruns_its_steps(tmp_path, monkeypatch):
+    worlds = tmp_path / "worlds"
+    shutil.copytree(ROOT / "worlds" / "digits", worlds / "digits")
+    monkeypatch.setenv("RFT_WORLDS", str(worlds))
+    params, out = {"world": "digits", "n_eval": 8}, tmp_path / "out"
+    first = run_notebook(ROOT / "notebooks" / "zeroshot.ipynb", params, out)
+    assert not first.cached and "world" in first.manifest["input_sha256"]
+    assert run_notebook(ROOT / "notebooks" / "zeroshot.ipynb", params, out).cached
+    world_file = worlds / "digits" / "world.yaml"
+    world_file.write_text(world_file.read_text() + "# an edit\n")
+    assert not run_notebook(ROOT / "notebooks" / "zeroshot.ipynb", params, out).cached

@@ -275,6 +275,24 @@ def _checked(notebook: Path, params: Mapping[str, Any]) -> tuple[dict[str, Any],
     return {k: full[k] for k in [*params, *sorted(resolved)]}, full
 
 
+def declared_files(notebook: str | os.PathLike, checked: Mapping[str, Any]) -> tuple[dict[str, Path], list[Path]]:
+    """What a study step declares beyond its path parameters, from its validated parameters
+    (:func:`validate_params`): the inputs it reads (its world's folder) and the files it writes
+    outside its results folder (:meth:`rftlib.steps.parameters.StepParams.inputs`, ``outputs``).
+    Other notebooks declare nothing.
+
+    Example:
+        >>> inputs, outputs = declared_files("notebooks/zeroshot.ipynb", {"world": "digits"})
+        >>> sorted(inputs), outputs, declared_files("tests/fixtures/dummy.ipynb", {})
+        (['world'], [], ({}, []))
+    """
+    cls = step_class(notebook)
+    if cls is None:
+        return {}, []
+    obj = cls.from_mapping(checked)
+    return obj.inputs(), obj.outputs()
+
+
 def resolved_dirs(cls: type[StepParams], params: Mapping[str, Any], root: str = DEFAULT_RESULTS_ROOT,
                   skip: Sequence[str] = ("out_dir",)) -> dict[str, str]:
     """The results folders that a step's parameter class fills in for the ``*_dir`` fields left
@@ -665,6 +683,7 @@ __all__ = [
     "Step",
     "apply_overrides",
     "check_results_root",
+    "declared_files",
     "find_param_file",
     "format_parameters",
     "load_check",

@@ -10,9 +10,10 @@ per-cell timeout) and writes into the step's results folder:
 
 **Cache.** A run is skipped when the folder holds the executed notebook and a manifest with the same
 parameters, notebook content (cell types and sources; outputs are ignored) and input hashes
-(``force=True`` reruns). Inputs are the files named by ``inputs`` and every file or folder that a
-parameter (given or default) names, e.g. an upstream step's results folder: a step reruns when the
-data it reads changed (a folder's manifest and executed notebooks do not count). Package versions and the git commit are recorded but do not invalidate
+(``force=True`` reruns), and every file the step declares it writes elsewhere is there (the
+fine-tuned runs). Inputs are the files named by ``inputs``, every file or folder that a parameter
+(given or default) names, e.g. an upstream step's results folder, and a study step's world folder:
+a step reruns when the data it reads changed (a folder's manifest and executed notebooks do not count). Package versions and the git commit are recorded but do not invalidate
 the cache (every commit would otherwise rerun every step); the result says when the library's
 sources changed since.
 
@@ -59,7 +60,7 @@ from rftlib.files.manifest import (
     write_manifest,
 )
 from rftlib.book.executed import failing_cell, normalise_executed, shown_path, source_count, source_index
-from rftlib.book.params import notebook_parameters, resolve_path, validate_params
+from rftlib.book.params import declared_files, notebook_parameters, resolve_path, validate_params
 from rftlib.book.staging import StepInterrupted, begin_staging, discard_quietly, publish, recover
 
 OUT_DIR_PARAM = "out_dir"
@@ -167,19 +168,21 @@ def default_out_dir(notebook: str | os.PathLike, step: str | None = None) -> Pat
 MAX_FOLDER_FILES = 5000
 
 
-def _path_inputs(params: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Parameters naming existing files or folders (other than the step's own results folder and
-    anything holding the repository): fingerprinted as inputs ``param:<name>``."""
+def _path_inputs(params: Mapping[str, Any], out_dir: Path, outputs: Sequence[Path] = ()) -> dict[str, Path]:
+    """Parameters naming existing files or folders (other than the step's own results folder, a
+    folder holding the step's declared ``outputs`` and anything holding the repository):
+    fingerprinted as inputs ``param:<name>``."""
     found: dict[str, Path] = {}
     root = repo_root()
     own = out_dir.resolve()
+    written = [Path(os.path.abspath(f)) for f in outputs]
     for k, v in params.items():
         if not isinstance(v, str) or not v.strip() or "\n" in v or len(v) > 1024:
             continue
         p = repo_path(v)
         try:
             rp = p.resolve()
-            if rp == own or own in rp.parents or not p.exists():
+            if rp == own or own in rp.parents or not p.exists() or any(p in f.parents for f in written):
                 continue
             if p.is_dir():
                 if rp == root or rp in root.parents or ".git" in rp.parts or ".venv" in rp.parts:
@@ -325,11 +328,12 @@ def _resolve_out(src: Path, step: str, out_dir: Any, given: Mapping[str, Any], s
 
 
 def _prepare(src: Path, step: str, out: Path, checked: Mapping[str, Any], specs: Mapping[str, Any],
-             inputs: Mapping[str, Any] | None, kernel_name: str) -> tuple[Any, dict[str, Any]]:
+             inputs: Mapping[str, Any] | None, kernel_name: str,
+             outputs: Sequence[Path] = ()) -> tuple[Any, dict[str, Any]]:
     """The run's manifest (what it depends on: parameters, notebook, inputs, environment) and its inputs."""
     root = repo_root()
     effective = {**{k: s.default for k, s in specs.items()}, **checked}
-    all_inputs: dict[str, Any] = {**_path_inputs(effective, out), **dict(inputs or {})}
+    all_inputs: dict[str, Any] = {**_path_inputs(effective, out, outputs), **dict(inputs or {})}
     executed = out / f"{src.stem}.ipynb"
     seed = checked.get("seed", specs["seed"].default if "seed" in specs else None)
     env = environment_fingerprint()
@@ -344,14 +348,20 @@ def _prepare(src: Path, step: str, out: Path, checked: Mapping[str, Any], specs:
 
 
 def _cached(out: Path, executed: Path, manifest: Mapping[str, Any], step: str, force: bool,
-            say: Callable[[str], None]) -> RunResult | None:
-    """The earlier run, when it matches (after recovering from a killed one); else ``None``."""
+            say: Callable[[str], None], outputs: Sequence[Path] = ()) -> RunResult | None:
+    """The earlier run, when it matches and the files it wrote outside ``out`` are all there (after
+    recovering from a killed run); else ``None``."""
     root = repo_root()
     trusted = recover(out)
     if not trusted:
         say(f"{step}: an interrupted earlier run left a backup that may be partial; discarded it, rerunning")
     previous = read_manifest(out)
     if force or not trusted or not executed.is_file() or not manifests_match(previous, manifest, keys=CACHE_KEYS):
+        return None
+    missing = [f for f in outputs if not f.is_file()]
+    if missing:
+        say(f"{step}: {len(missing)} of its {len(outputs)} output file(s) outside its results folder are missing "
+            f"(e.g. {shown_path(missing[0], root)}); rerunning")
         return None
     assert previous is not None
     changed = previous.get("rftlib_source_sha256") != rftlib_source_hash()
@@ -388,8 +398,11 @@ def run_notebook(
         force: rerun even when a matching cached run exists.
         inputs: named input files or folders, hashed into the manifest and the cache key; string
             parameters (given or default) naming existing files or folders, such as an upstream
-            step's results folder, are added automatically as ``param:<name>``. The variables of
-            :data:`CACHE_ENV_VARS` enter the cache key too.
+            step's results folder, are added automatically as ``param:<name>``, and a study step's
+            declared inputs (its world's folder, :func:`rftlib.book.params.declared_files`). The
+            variables of :data:`CACHE_ENV_VARS` enter the cache key too. A cached study step whose
+            declared outputs outside ``out_dir`` are missing (a fresh checkout has the results but
+            not the fine-tuned runs) is rerun.
         extra_checks: value checks run before execution (see :func:`rftlib.book.params.validate_params`).
         name: the step name (default: the notebook's file name stem); ``start_timeout``: seconds to
             wait for the kernel; ``log``: where one-line progress messages go (default: none).
@@ -413,8 +426,10 @@ def run_notebook(
     if OUT_DIR_PARAM in specs:
         given[OUT_DIR_PARAM] = shown_path(out, root)
     checked = validate_params(src, given, extra_checks=extra_checks)
-    manifest, all_inputs = _prepare(src, step, out, checked, specs, inputs, kernel_name)
-    hit = _cached(out, out / f"{src.stem}.ipynb", manifest, step, force, say)
+    declared, outputs = declared_files(src, checked)
+    manifest, all_inputs = _prepare(src, step, out, checked, specs, {**declared, **dict(inputs or {})}, kernel_name,
+                                    outputs)
+    hit = _cached(out, out / f"{src.stem}.ipynb", manifest, step, force, say, outputs)
     return hit if hit is not None else _run_staged(
         src, step, out, checked, manifest, all_inputs, say, kernel_name=kernel_name,
         cwd=Path(cwd) if cwd is not None else root, timeout=timeout, start_timeout=start_timeout, kernel_env=kernel_env)

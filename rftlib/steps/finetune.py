@@ -56,6 +56,19 @@ class Params(StepParams):
         if len(set(runs)) != len(runs):
             p.add("runs", list(runs), "repeats a run", "each run once")
 
+    def outputs(self) -> list[Path]:
+        """Each run's θ_ft (``<runs_root>/<world>/<run>/theta_ft.safetensors``): not in the results
+        folder, so a fresh checkout holding the results but no runs reruns the step.
+
+        Example:
+            >>> from rftlib.files.manifest import portable_path
+            >>> [portable_path(f) for f in Params(grid="notebooks/params/grids/quick.yaml", runs=["lr1e-3"]).outputs()]
+            ['runs/fashion/lr1e-3/theta_ft.safetensors']
+        """
+        name = load_world(self.world).name
+        return [run_folder(self.runs_root, name, r.name) / "theta_ft.safetensors"
+                for r in load_grid(self.grid, only=self.runs or None)]
+
 
 def _cached_history(folder: Path, r: Recipe, parent: str, world: str) -> list[dict] | None:
     """The history of a finished run with this recipe and parent checkpoint, else ``None``."""

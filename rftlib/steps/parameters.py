@@ -336,3 +336,19 @@ class StepParams:
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a plain dict (lists copied)."""
         return dataclasses.asdict(self)
+
+    def inputs(self) -> dict[str, Path]:
+        """What the step reads that no path parameter names, by name: its world's folder (the world
+        file and θ_zs's checkpoint), so that a re-pretrained or edited world reruns the step. The
+        runner fingerprints these into the cache key."""
+        world = getattr(self, "world", None)
+        if not isinstance(world, str) or not world:
+            return {}
+        from rftlib.worlds.world import world_folder
+
+        return {"world": world_folder(world)}
+
+    def outputs(self) -> list[Path]:
+        """Files the step writes outside its results folder (override): the runner reruns a cached
+        step when one of them is missing."""
+        return []

@@ -414,6 +414,17 @@ def _world_path(name_or_path: str | Path) -> tuple[Path, str | None]:
     return path, str(name_or_path)
 
 
+def world_folder(name_or_path: str | Path) -> Path:
+    """The folder of a world: its ``world.yaml`` and, for a miniature world, its θ_zs checkpoint
+    (the files a study step reads of it).
+
+    Example:
+        >>> world_folder("digits") == worlds_dir() / "digits"
+        True
+    """
+    return _world_path(name_or_path)[0].parent
+
+
 def _read_world_file(path: Path) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
