@@ -329,7 +329,7 @@ def test_a_cached_finetune_step_whose_runs_are_missing_runs_again(tmp_path):
     out, weights = tmp_path / "out", tmp_path / "runs" / "digits" / "t1" / "theta_ft.safetensors"
     first = run_notebook(ROOT / "notebooks" / "finetune.ipynb", params, out)
     assert not first.cached and weights.is_file()
-    assert set(first.manifest["input_sha256"]) == {"param:grid", "world"}  # runs_root holds its outputs
+    assert set(first.manifest["input_sha256"]) == {"param:grid", "world", "theta_zs"}  # runs_root holds its outputs
     assert run_notebook(ROOT / "notebooks" / "finetune.ipynb", params, out).cached
     shutil.rmtree(tmp_path / "runs")
     messages: list[str] = []
@@ -345,7 +345,7 @@ def test_an_edited_world_file_reruns_its_steps(tmp_path, monkeypatch):
     monkeypatch.setenv("RFT_WORLDS", str(worlds))
     params, out = {"world": "digits", "n_eval": 8}, tmp_path / "out"
     first = run_notebook(ROOT / "notebooks" / "zeroshot.ipynb", params, out)
-    assert not first.cached and "world" in first.manifest["input_sha256"]
+    assert not first.cached and {"world", "theta_zs"} <= set(first.manifest["input_sha256"])
     assert run_notebook(ROOT / "notebooks" / "zeroshot.ipynb", params, out).cached
     world_file = worlds / "digits" / "world.yaml"
     world_file.write_text(world_file.read_text() + "# an edit\n")

@@ -277,14 +277,14 @@ def _checked(notebook: Path, params: Mapping[str, Any]) -> tuple[dict[str, Any],
 
 def declared_files(notebook: str | os.PathLike, checked: Mapping[str, Any]) -> tuple[dict[str, Path], list[Path]]:
     """What a study step declares beyond its path parameters, from its validated parameters
-    (:func:`validate_params`): the inputs it reads (its world's folder) and the files it writes
+    (:func:`validate_params`): the inputs it reads (its world's file and checkpoint) and the files it writes
     outside its results folder (:meth:`rftlib.steps.parameters.StepParams.inputs`, ``outputs``).
     Other notebooks declare nothing.
 
     Example:
         >>> inputs, outputs = declared_files("notebooks/zeroshot.ipynb", {"world": "digits"})
         >>> sorted(inputs), outputs, declared_files("tests/fixtures/dummy.ipynb", {})
-        (['world'], [], ({}, []))
+        (['theta_zs', 'world'], [], ({}, []))
     """
     cls = step_class(notebook)
     if cls is None:

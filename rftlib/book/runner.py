@@ -12,10 +12,11 @@ per-cell timeout) and writes into the step's results folder:
 parameters, notebook content (cell types and sources; outputs are ignored) and input hashes
 (``force=True`` reruns), and every file the step declares it writes elsewhere is there (the
 fine-tuned runs). Inputs are the files named by ``inputs``, every file or folder that a parameter
-(given or default) names, e.g. an upstream step's results folder, and a study step's world folder:
-a step reruns when the data it reads changed (a folder's manifest and executed notebooks do not count). Package versions and the git commit are recorded but do not invalidate
-the cache (every commit would otherwise rerun every step); the result says when the library's
-sources changed since.
+(given or default) names, e.g. an upstream step's results folder, and a study step's world file and
+θ_zs checkpoint: a step reruns when the data it reads changed (a folder's manifest and executed
+notebooks do not count). Package versions and the git commit are recorded but do not invalidate the
+cache (every commit would otherwise rerun every step); the result says when the library's sources
+changed since.
 
 **Failures and kills.** A step runs into a staging folder that replaces the results folder in one
 rename, and only when the notebook succeeded (:mod:`rftlib.book.staging`, which also cleans up after
@@ -399,7 +400,7 @@ def run_notebook(
         inputs: named input files or folders, hashed into the manifest and the cache key; string
             parameters (given or default) naming existing files or folders, such as an upstream
             step's results folder, are added automatically as ``param:<name>``, and a study step's
-            declared inputs (its world's folder, :func:`rftlib.book.params.declared_files`). The
+            declared inputs (its world's file and checkpoint, :func:`rftlib.book.params.declared_files`). The
             variables of :data:`CACHE_ENV_VARS` enter the cache key too. A cached study step whose
             declared outputs outside ``out_dir`` are missing (a fresh checkout has the results but
             not the fine-tuned runs) is rerun.

@@ -338,15 +338,18 @@ class StepParams:
         return dataclasses.asdict(self)
 
     def inputs(self) -> dict[str, Path]:
-        """What the step reads that no path parameter names, by name: its world's folder (the world
-        file and θ_zs's checkpoint), so that a re-pretrained or edited world reruns the step. The
-        runner fingerprints these into the cache key."""
+        """What the step reads that no path parameter names, by name: its world's file and, for a
+        miniature world, θ_zs's checkpoint, so that an edited or re-pretrained world reruns the
+        step (a paper setting's weights and data are named by the variables the runner fingerprints).
+        The runner hashes these into the cache key."""
         world = getattr(self, "world", None)
         if not isinstance(world, str) or not world:
             return {}
-        from rftlib.worlds.world import world_folder
+        from rftlib.worlds.world import load_world, world_file
 
-        return {"world": world_folder(world)}
+        w = load_world(world)
+        found = {"world": world_file(world)}
+        return {**found, "theta_zs": w.checkpoint} if w.kind == "mini" and w.checkpoint.is_file() else found
 
     def outputs(self) -> list[Path]:
         """Files the step writes outside its results folder (override): the runner reruns a cached

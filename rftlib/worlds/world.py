@@ -414,15 +414,14 @@ def _world_path(name_or_path: str | Path) -> tuple[Path, str | None]:
     return path, str(name_or_path)
 
 
-def world_folder(name_or_path: str | Path) -> Path:
-    """The folder of a world: its ``world.yaml`` and, for a miniature world, its θ_zs checkpoint
-    (the files a study step reads of it).
+def world_file(name_or_path: str | Path) -> Path:
+    """The world file of a world given by name (``worlds/<name>/world.yaml``) or by path.
 
     Example:
-        >>> world_folder("digits") == worlds_dir() / "digits"
+        >>> world_file("digits") == worlds_dir() / "digits" / "world.yaml"
         True
     """
-    return _world_path(name_or_path)[0].parent
+    return _world_path(name_or_path)[0]
 
 
 def _read_world_file(path: Path) -> dict[str, Any]:
