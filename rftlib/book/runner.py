@@ -397,13 +397,10 @@ def run_notebook(
         kernel_name, cwd: the Jupyter kernel (:func:`ensure_kernel`); its folder (default: the repository root).
         timeout: seconds allowed per cell, ≥ 1 (``None``: no limit); see :func:`check_timeout`.
         force: rerun even when a matching cached run exists.
-        inputs: named input files or folders, hashed into the manifest and the cache key; string
-            parameters (given or default) naming existing files or folders, such as an upstream
-            step's results folder, are added automatically as ``param:<name>``, and a study step's
-            declared inputs (its world's file and checkpoint, :func:`rftlib.book.params.declared_files`). The
-            variables of :data:`CACHE_ENV_VARS` enter the cache key too. A cached study step whose
-            declared outputs outside ``out_dir`` are missing (a fresh checkout has the results but
-            not the fine-tuned runs) is rerun.
+        inputs: named input files or folders, hashed into the cache key, beside the string
+            parameters naming existing paths (``param:<name>``), a study step's declared inputs and
+            outputs (:func:`rftlib.book.params.declared_files`: a step whose outputs are missing
+            reruns) and the variables of :data:`CACHE_ENV_VARS`.
         extra_checks: value checks run before execution (see :func:`rftlib.book.params.validate_params`).
         name: the step name (default: the notebook's file name stem); ``start_timeout``: seconds to
             wait for the kernel; ``log``: where one-line progress messages go (default: none).
