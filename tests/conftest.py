@@ -14,6 +14,25 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Folders of the checkout that only the user's own runs write: a test writes into tmp_path instead.
+GUARDED = ("book/results", "book/results-quick", "runs")
+
+
+def _entries() -> set[str]:
+    return {str(p.relative_to(ROOT)) for g in GUARDED if (ROOT / g).is_dir() for p in (ROOT / g).glob("*/*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_alone():
+    """Fails the session when a test left a new file or folder in the checkout's results or runs."""
+    before = _entries()
+    yield
+    new = sorted(_entries() - before)
+    assert not new, f"tests wrote into the checkout (write into tmp_path): {new[:5]}"
+
 
 @pytest.fixture(scope="session")
 def tiny_clip_session():

@@ -251,7 +251,7 @@ def test_independent_steps_run_side_by_side_with_one_thread_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_step_stops_its_dependants_not_other_worlds(tmp_path, capsys):
+def test_failed_step_stops_its_dependants_not_other_worlds(tmp_path, capsys, monkeypatch):
     pipe = _pipeline(tmp_path, [
         ("a-one", "{world: a, fail: true}"),
         ("a-two", "{world: a}"),
@@ -270,9 +270,16 @@ def test_failed_step_stops_its_dependants_not_other_worlds(tmp_path, capsys):
     t = pd.read_csv(results / "pipeline" / "timings.csv")
     assert list(t["step"]) == ["b-one", "b-two"]
 
-    from rftlib import cli
+    import functools
 
+    from rftlib import cli
+    from rftlib.book import pipeline as pipeline_module
+
+    # the command line has no results option (a pipeline's results_root lies in the repository): keep it in tmp_path
+    monkeypatch.setattr(pipeline_module, "run_pipeline",
+                        functools.partial(pipeline_module.run_pipeline, results_dir=tmp_path / "cli-results"))
     assert cli.main(["pipeline", str(pipe), "--only", "a-one"]) == 1  # a failed run exits non-zero
+    assert (tmp_path / "cli-results" / "a-one" / "step.failed.ipynb").is_file()
     assert "failing on purpose" in capsys.readouterr().err
 
 
