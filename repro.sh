@@ -64,8 +64,10 @@ case "$cmd" in
   book)
     setup_python; setup_data; setup_mathjax
     # Both studies run two steps side by side with one thread each (the worlds are independent):
-    # training's floating-point sums depend on the thread count, so the default study pins one thread
-    # per kernel and regenerates the committed results bit-identically whatever the machine's load.
+    # training's floating-point sums depend on the thread count and on the CPU's vector instructions,
+    # so the default study pins one thread per kernel, and rft caps the kernels at AVX2 on x86-64
+    # (--isa avx2, its default there), so that the numbers depend neither on the load nor on whether the
+    # CPU has AVX-512 (book/reproduce.md: what still differs between machines).
     # The quick study uses its own results root (results_root in quick.yaml), so it never replaces
     # the committed results; its book is rendered from that root.
     params=notebooks/params/default.yaml layout=(--jobs 2 --threads 1) results=book/results

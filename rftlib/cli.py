@@ -2,8 +2,8 @@
 
 ::
 
-    rft run NOTEBOOK [--params NAME] [--step STEP] [-p key=value ...] [--out DIR] [--force] [--timeout S]
-    rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list] [--ddp N]
+    rft run NOTEBOOK [--params NAME] [--step STEP] [-p key=value ...] [--out DIR] [--force] [--timeout S] [--isa I]
+    rft pipeline PARAMFILE [--only STEP ...] [--from STEP] [--force] [--timeout S] [--list] [--ddp N] [--isa I]
     rft params NOTEBOOK
     rft book [--results ROOT] [--strict] [--builder html]
     rft mathjax [--force] [--status]
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Sequence
 from rftlib.errors import ParameterError, RftError
 from rftlib.files.layout import DEFAULT_PIPELINE, RESULTS_ROOT
 from rftlib.book.mathjax import MATHJAX_DIR, MATHJAX_VERSION
+from rftlib.book.schedule import ISAS
 
 if TYPE_CHECKING:  # pragma: no cover
     from rftlib.book.finetune_ddp import FinetuneOptions
@@ -58,6 +59,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"rft: error: {message}\n")
 
 
+ISA_HELP = ("kernels' CPU instructions: avx2 (default on x86-64: the same numbers with or without AVX-512) "
+            "or native (the machine's best)")
+
+
 def _echo(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -70,8 +75,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     from rftlib.book.params import apply_overrides, load_param_file, resolve_path
     from rftlib.book.pipeline import rooted, step_results_dir
     from rftlib.book.runner import DEFAULT_TIMEOUT, check_timeout, run_notebook
+    from rftlib.book.schedule import isa_env, resolve_isa
 
     timeout = check_timeout(a.timeout)
+    env = isa_env(resolve_isa(a.isa))
     nb = resolve_path(a.notebook, kind="notebook")
     params: dict = {}
     name, inputs, check = None, {}, None
@@ -89,7 +96,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ParameterError("--step needs --params NAME (the step of a pipeline file)")
     params = apply_overrides(params, a.set or [])
     r = run_notebook(nb, params, out, kernel_name=a.kernel, timeout=timeout or DEFAULT_TIMEOUT, force=a.force,
-                     inputs=inputs, extra_checks=check, name=name, log=_echo)
+                     inputs=inputs, extra_checks=check, name=name, log=_echo, kernel_env=env)
     print(r.notebook)
     return EXIT_OK
 
@@ -100,7 +107,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from rftlib.book.schedule import thread_policy
 
     check_timeout(a.timeout)
-    thread_policy(a.jobs, a.threads)  # a bad --jobs or --threads is refused with --list too
+    thread_policy(a.jobs, a.threads, isa=a.isa)  # a bad --jobs, --threads or --isa is refused with --list too
     pf = pipeline_file(a)
     for s in pf.steps:
         check_timeout(s.timeout, where=f"{a.paramfile or pf.name}: step {s.name}: 'timeout'")
@@ -124,7 +131,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
         for job in ddp_jobs:  # the fine-tuning steps below then find their runs done
             run_finetune(job)
     run_pipeline(pf, only=a.only, from_step=a.from_step, force=a.force, kernel_name=a.kernel,
-                 timeout=a.timeout, jobs=a.jobs, threads=a.threads)
+                 timeout=a.timeout, jobs=a.jobs, threads=a.threads, isa=a.isa)
     return EXIT_OK
 
 
@@ -488,6 +495,7 @@ def _parser_pipeline(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--jobs", type=int, metavar="N",
                     help="independent steps run side by side (default: free cores, from the load average)")
     pl.add_argument("--threads", type=int, metavar="N", help="compute threads per kernel (default: free cores // jobs)")
+    pl.add_argument("--isa", choices=ISAS, help=ISA_HELP)
     pl.add_argument("--ddp", type=int, metavar="N", help="first fine-tune the runs on N processes (data-parallel)")
     pl.set_defaults(func=cmd_pipeline)
 
@@ -527,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun even if a cached run matches")
     r.add_argument("--timeout", type=float, metavar="S", help="seconds allowed per cell (default 3600)")
     r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    r.add_argument("--isa", choices=ISAS, help=ISA_HELP)
     r.set_defaults(func=cmd_run)
     _parser_pipeline(sub)
 

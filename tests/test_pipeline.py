@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,8 @@ from rftlib.book.params import load_param_file
 from rftlib.book.pipeline import StepsFailed, pipeline_graph, run_pipeline
 from rftlib.book.relay import Relay, step_line, time_left, timing_table
 from rftlib.book.runner import NotebookExecutionError
-from rftlib.book.schedule import ancestors, restrict, run_graph, step_graph, thread_policy
+from rftlib.book.schedule import (ISA_VARS, THREAD_VARS, ancestors, kernel_env, restrict, run_graph, step_graph,
+                                  thread_policy)
 from rftlib.errors import ParameterError
 from rftlib.files.manifest import read_manifest, repo_root
 
@@ -76,6 +78,38 @@ def test_thread_policy_never_oversubscribes():
     assert thread_policy(None, cpu_count=2, load=3.2).jobs == 1
     with pytest.raises(ParameterError, match="--threads must be a positive integer"):
         thread_policy(1, 0)
+
+
+def test_isa_defaults_to_avx2_on_x86_and_is_refused_where_it_cannot_apply(monkeypatch):
+    for machine, want in (("x86_64", "avx2"), ("AMD64", "avx2"), ("aarch64", "native"), ("arm64", "native")):
+        monkeypatch.setattr(platform, "machine", lambda m=machine: m)
+        p = thread_policy(1, cpu_count=2, load=0.0)
+        assert p.isa == want and p.to_dict()["isa"] == want
+        assert ("ATEN_CPU_CAPABILITY" in kernel_env(p)) == (want == "avx2")
+    with pytest.raises(ParameterError, match="--isa avx2 is for x86-64 CPUs; this one is 'arm64': use --isa native"):
+        thread_policy(1, isa="avx2")
+    with pytest.raises(ParameterError, match="--isa must be one of avx2, native, got 'sse'"):
+        thread_policy(1, isa="sse")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert kernel_env(thread_policy(1, cpu_count=2, load=0.0, isa="native")) == {v: "2" for v in THREAD_VARS}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 cap is for x86-64")
+def test_isa_variables_cap_torch_and_onednn_at_avx2(tmp_path):
+    """The variable names are the libraries' own: a kernel started with them reports AVX2 (torch's
+    CPU kernels) and oneDNN picks AVX2 for a convolution (its verbose line names the ISA)."""
+    probe = ("import torch\n"
+             "print('capability', torch.backends.cpu.get_cpu_capability())\n"
+             "torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 4, 4), stride=4)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ONEDNN_VERBOSE": "1", **ISA_VARS}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    capability = next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("capability"))
+    onednn = [ln for ln in out.stdout.splitlines() if ",isa:" in ln]
+    if capability in ("DEFAULT", "NO AVX"):
+        pytest.skip(f"this CPU has no AVX2 (torch reports {capability})")
+    assert capability == "AVX2"
+    assert onednn and onednn[0].rstrip().endswith("AVX2"), onednn
 
 
 def test_scheduler_stops_dependants_of_a_failure_only():
@@ -199,7 +233,8 @@ STEP_SOURCE = textwrap.dedent("""\
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "times.json"), "w") as f:
         json.dump({"start": t0, "end": time.time(), "threads": os.environ.get("RFT_THREADS"),
-                   "omp": os.environ.get("OMP_NUM_THREADS"), "progress": bool(os.environ.get("RFT_PROGRESS_FILE"))}, f)
+                   "omp": os.environ.get("OMP_NUM_THREADS"), "progress": bool(os.environ.get("RFT_PROGRESS_FILE")),
+                   "isa": os.environ.get("ATEN_CPU_CAPABILITY")}, f)
     """)
 
 
@@ -245,6 +280,8 @@ def test_independent_steps_run_side_by_side_with_one_thread_each(tmp_path):
     assert a["threads"] == a["omp"] == "1" and a["progress"]
     m = read_manifest(results / "a-one")
     assert m["execution"]["jobs"] == 2 and m["execution"]["threads"] == 1 and "load" in m["execution"]
+    assert a["isa"] == ("avx2" if m["execution"]["isa"] == "avx2" else None)  # the kernel got the cap
+    assert m["execution"]["isa"] == ("avx2" if platform.machine() in ("x86_64", "AMD64") else "native")
     assert read_manifest(results / "pipeline")["execution"]["jobs"] == 2
     assert any(ln.startswith("step ") and "before" in ln for ln in lines)  # the final table
     assert not any("without encryption" in ln for ln in lines)

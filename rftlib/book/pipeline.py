@@ -215,7 +215,7 @@ def run_pipeline(
     pipeline: ParamFile | str | os.PathLike, *, only: Iterable[str] | str | None = None,
     from_step: str | None = None, force: bool = False, results_dir: str | os.PathLike | None = None,
     kernel_name: str = "python3", timeout: float | None = None, echo: Callable[[str], None] | None = None,
-    jobs: int | None = None, threads: int | None = None, tty: bool | None = None,
+    jobs: int | None = None, threads: int | None = None, tty: bool | None = None, isa: str | None = None,
 ) -> list[RunResult]:
     """Run a pipeline's steps (validated first), independent ones side by side, caching unchanged steps.
 
@@ -227,21 +227,22 @@ def run_pipeline(
         timeout: seconds per cell, for steps whose file sets no ``timeout`` (default 3600).
         echo: where progress lines go (default: standard error, live lines on a terminal).
         jobs, threads: steps side by side, threads per kernel (default: the free cores, and free cores
-            // jobs; :func:`~rftlib.book.schedule.thread_policy`). ``tty``: update progress lines in
+            // jobs; :func:`~rftlib.book.schedule.thread_policy`); ``isa``: the kernels' instructions
+            (default ``avx2`` on x86-64: the same numbers with or without AVX-512). ``tty``: update progress lines in
             place (default: when standard error is a terminal and no ``echo`` is given).
 
     Returns:
         One :class:`~rftlib.book.runner.RunResult` per step run, in pipeline order.
 
     Raises:
-        ParameterError: bad step names, parameters, ``jobs`` or ``threads`` (before anything runs).
+        ParameterError: bad step names, parameters, ``jobs``, ``threads`` or ``isa`` (before anything runs).
         rftlib.book.runner.NotebookExecutionError: a step failed (the others ran; timings are kept);
             :class:`StepsFailed` when several did or steps were left out for it.
     """
     pf, results = rooted(pipeline if isinstance(pipeline, ParamFile) else load_param_file(pipeline), results_dir)
     steps = select_steps(pf, only, from_step)
     params = validate_pipeline(pf, steps)
-    policy = thread_policy(jobs, threads)
+    policy = thread_policy(jobs, threads, isa=isa)
     graph = restrict(pipeline_graph(pf, results, params), [s.name for s in steps])
     timings_dir = results / PIPELINE_DIR
     recorded = _recorded_times(timings_dir / TIMINGS_NAME)
@@ -254,7 +255,8 @@ def run_pipeline(
                            kernel_name=kernel_name, timeout=timeout, force=force)
     t_all = time.perf_counter()
     relay.say(f"pipeline {pf.name}: {len(steps)} step(s) into {pf.results_root}, up to {policy.jobs} side by side, "
-              f"{policy.threads} thread(s) each ({policy.cpu_count} cores, load {policy.load:.1f})")
+              f"{policy.threads} thread(s) each, {policy.isa} instructions ({policy.cpu_count} cores, "
+              f"load {policy.load:.1f})")
     try:
         with relay:
             done, errors, skipped = run_graph(graph, run_one, policy.jobs, priority, halt_on=_INTERRUPTED)

@@ -23,6 +23,14 @@ side by side as there are free cores, and each kernel gets ``free cores // jobs`
 1), set through ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``RFT_THREADS``
 (:func:`kernel_env`), which torch reads when the kernel imports it.
 
+**Instruction set** (``isa``): floating-point sums depend on the vector instructions the kernels use,
+so the same code gives different low digits on a CPU with AVX-512 and on one with AVX2 only (a
+fine-tuning run's loss differed from the fifth decimal on). On x86-64 the policy therefore caps
+torch's CPU kernels, MKL and oneDNN at AVX2 by default (:data:`ISA_VARS`), which nearly every x86-64
+machine has; this removes that source of difference between machines, not every one (a CPU of
+another maker can still round differently: the reproduction page gives what was measured).
+``isa="native"`` lets each library use the machine's best instructions.
+
 Example:
     >>> params = {"a-ft": {"world": "a"}, "a-eval": {"world": "a"}, "b-ft": {"world": "b"},
     ...           "a-s1": {"world": "a", "eval_dir": "book/results/a-eval"},
@@ -38,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import os
+import platform
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +60,10 @@ from rftlib.files.manifest import repo_path
 BOOK_RESULTS = Path("book") / "results"
 #: Variables that set a kernel's compute threads.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RFT_THREADS")
+#: Variables that cap the instructions of torch's CPU kernels, MKL and oneDNN at AVX2 (``isa="avx2"``).
+ISA_VARS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: The instruction-set choices: ``avx2`` (x86-64 only) or ``native``.
+ISAS = ("avx2", "native")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +197,7 @@ class Policy:
     cpu_count: int
     load: float          # 1-minute load average at the start
     free_cores: int
+    isa: str = "native"  # "avx2": kernels capped at AVX2 (ISA_VARS); "native": the machine's best
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as recorded in manifests."""
@@ -197,13 +211,47 @@ def _load() -> float:
         return 0.0
 
 
-def thread_policy(jobs: int | None = None, threads: int | None = None, *, cpu_count: int | None = None,
-                  load: float | None = None) -> Policy:
-    """The thread and process policy: ``jobs`` steps side by side (default: the free cores), each
-    kernel with ``threads`` threads (default: free cores // jobs, at least 1).
+def resolve_isa(isa: str | None = None) -> str:
+    """The instruction-set choice ``isa``, checked; ``None``: ``avx2`` on x86-64, else ``native``.
 
     Raises:
-        ParameterError: ``jobs`` or ``threads`` not a positive integer.
+        ParameterError: not one of :data:`ISAS`, or ``avx2`` on a CPU that is not x86-64.
+
+    Example:
+        >>> resolve_isa("native")
+        'native'
+        >>> resolve_isa("avx512")
+        Traceback (most recent call last):
+        ...
+        rftlib.errors.ParameterError: --isa must be one of avx2, native, got 'avx512'
+    """
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if isa is not None and isa not in ISAS:
+        raise ParameterError(f"--isa must be one of {', '.join(ISAS)}, got {isa!r}")
+    if isa == "avx2" and not x86:
+        raise ParameterError(f"--isa avx2 is for x86-64 CPUs; this one is {platform.machine()!r}: use --isa native")
+    return isa or ("avx2" if x86 else "native")
+
+
+def isa_env(isa: str) -> dict[str, str]:
+    """The kernel variables of a resolved ``isa``: :data:`ISA_VARS` for ``avx2``, none for ``native``.
+
+    Example:
+        >>> isa_env("avx2")["ATEN_CPU_CAPABILITY"], isa_env("native")
+        ('avx2', {})
+    """
+    return dict(ISA_VARS) if isa == "avx2" else {}
+
+
+def thread_policy(jobs: int | None = None, threads: int | None = None, *, cpu_count: int | None = None,
+                  load: float | None = None, isa: str | None = None) -> Policy:
+    """The thread and process policy: ``jobs`` steps side by side (default: the free cores), each
+    kernel with ``threads`` threads (default: free cores // jobs, at least 1) and the instructions
+    ``isa`` (default: ``avx2`` on x86-64, else ``native``).
+
+    Raises:
+        ParameterError: ``jobs`` or ``threads`` not a positive integer; a bad ``isa``
+            (:func:`resolve_isa`).
 
     Example:
         >>> thread_policy(1, cpu_count=2, load=0.0).threads, thread_policy(4, cpu_count=2, load=0.0).threads
@@ -213,6 +261,7 @@ def thread_policy(jobs: int | None = None, threads: int | None = None, *, cpu_co
         ...
         rftlib.errors.ParameterError: --jobs must be a positive integer (steps run side by side), got 0
     """
+    chosen = resolve_isa(isa)
     for name, v, what in (("--jobs", jobs, "steps run side by side"), ("--threads", threads, "threads per kernel")):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ParameterError(f"{name} must be a positive integer ({what}), got {v!r}")
@@ -220,17 +269,20 @@ def thread_policy(jobs: int | None = None, threads: int | None = None, *, cpu_co
     now = _load() if load is None else float(load)
     free = max(1, cpus - int(round(now)))
     n = jobs or free
-    return Policy(jobs=n, threads=threads or max(1, free // n), cpu_count=cpus, load=now, free_cores=free)
+    return Policy(jobs=n, threads=threads or max(1, free // n), cpu_count=cpus, load=now, free_cores=free,
+                  isa=chosen)
 
 
 def kernel_env(policy: Policy) -> dict[str, str]:
-    """The environment that gives a kernel the policy's threads.
+    """The environment that gives a kernel the policy's threads and instruction set (with
+    ``isa="native"`` the kernel keeps this process's variables, a user's own caps included).
 
     Example:
-        >>> kernel_env(thread_policy(2, cpu_count=2, load=0.0))["OMP_NUM_THREADS"]
-        '1'
+        >>> env = kernel_env(thread_policy(2, cpu_count=2, load=0.0, isa="native"))
+        >>> env["OMP_NUM_THREADS"], "ATEN_CPU_CAPABILITY" in env
+        ('1', False)
     """
-    return {v: str(policy.threads) for v in THREAD_VARS}
+    return {**{v: str(policy.threads) for v in THREAD_VARS}, **isa_env(policy.isa)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,5 +341,5 @@ def run_graph(graph: Mapping[str, Sequence[str]], run_one: Callable[[str], Any],
     return results, errors, skipped
 
 
-__all__ = ["Policy", "ancestors", "critical_path", "explicit_dependencies", "kernel_env", "restrict", "run_graph",
-           "step_graph", "thread_policy"]
+__all__ = ["ISAS", "ISA_VARS", "Policy", "ancestors", "critical_path", "explicit_dependencies", "isa_env",
+           "kernel_env", "resolve_isa", "restrict", "run_graph", "step_graph", "thread_policy"]

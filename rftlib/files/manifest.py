@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -298,6 +299,22 @@ class Manifest(dict):
         return self
 
 
+def platform_info() -> dict[str, str]:
+    """The system, the machine and, once torch is imported, the vector instructions its CPU kernels
+    use (``cpu_capability``, e.g. ``AVX2``: floating-point sums, and so the low digits of results,
+    depend on it; see :mod:`rftlib.book.schedule`).
+
+    Example:
+        >>> sorted(platform_info())[-2:]
+        ['machine', 'system']
+    """
+    out = {"system": platform.system(), "machine": platform.machine()}
+    torch = sys.modules.get("torch")  # not imported here: a manifest does not start torch
+    if torch is not None:
+        out["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    return out
+
+
 def build_manifest(
     params: Mapping[str, Any],
     seed: int | None = None,
@@ -329,7 +346,7 @@ def build_manifest(
         versions=package_versions(),
         git=git_info(base),
         rftlib_source_sha256=rftlib_source_hash(),
-        platform={"system": platform.system(), "machine": platform.machine()},
+        platform=platform_info(),
         started=_now(),
         finished=None,
         wall_seconds=None,
@@ -402,6 +419,7 @@ __all__ = [
     "input_hashes",
     "manifests_match",
     "package_versions",
+    "platform_info",
     "portable_path",
     "read_manifest",
     "repo_root",
