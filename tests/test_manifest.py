@@ -107,3 +107,11 @@ def test_git_info_without_git(tmp_path, monkeypatch):
     assert git_info(tmp_path) == {"commit": "unknown", "dirty": None}
     m = build_manifest({}, root=tmp_path)
     assert m["git"]["commit"] == "unknown"
+
+
+def test_cpu_capability_is_recorded_by_the_computing_process_only():
+    import torch
+
+    assert build_manifest({})["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # the runner's and the pipeline's manifests: their kernels compute, under their own cap
+    assert "cpu_capability" not in build_manifest({}, computes=False)["platform"]

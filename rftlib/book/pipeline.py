@@ -248,7 +248,7 @@ def run_pipeline(
     recorded = _recorded_times(timings_dir / TIMINGS_NAME)
     priority = critical_path(graph, {s: recorded.get(s, 1.0) for s in graph})
     manifest = build_manifest({"pipeline": pf.name, "steps": [s.name for s in steps], "force": force},
-                              inputs={"pipeline_file": pf.path}, execution=policy.to_dict())
+                              inputs={"pipeline_file": pf.path}, computes=False, execution=policy.to_dict())
     relay = Relay(echo=echo, tty=tty)
     progress_dir = Path(tempfile.mkdtemp(prefix="rft-progress-"))
     run_one = _step_runner(steps, params, results, policy, relay, recorded, progress_dir, manifest,

@@ -340,7 +340,7 @@ def _prepare(src: Path, step: str, out: Path, checked: Mapping[str, Any], specs:
     env = environment_fingerprint()
     extra = {"environment_sha256": env} if env else {}
     manifest = build_manifest(
-        checked, seed=seed, inputs=all_inputs, root=root,
+        checked, seed=seed, inputs=all_inputs, root=root, computes=False,
         step_name=step, notebook=portable_path(src, root), notebook_sha256=notebook_content_hash(src),
         input_sha256=_fingerprints(all_inputs, root), kernel=kernel_name,
         executed_notebook=portable_path(executed, root), **extra,

@@ -299,18 +299,18 @@ class Manifest(dict):
         return self
 
 
-def platform_info() -> dict[str, str]:
-    """The system, the machine and, once torch is imported, the vector instructions its CPU kernels
-    use (``cpu_capability``, e.g. ``AVX2``: floating-point sums, and so the low digits of results,
-    depend on it; see :mod:`rftlib.book.schedule`).
+def platform_info(computes: bool = True) -> dict[str, str]:
+    """The system, the machine and, when this process ``computes`` and has imported torch, the
+    vector instructions torch's CPU kernels use (``cpu_capability``, e.g. ``AVX2``: floating-point
+    sums, and so the low digits of results, depend on it; see :mod:`rftlib.book.schedule`).
 
     Example:
-        >>> sorted(platform_info())[-2:]
+        >>> sorted(platform_info(computes=False))
         ['machine', 'system']
     """
     out = {"system": platform.system(), "machine": platform.machine()}
     torch = sys.modules.get("torch")  # not imported here: a manifest does not start torch
-    if torch is not None:
+    if computes and torch is not None:
         out["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
     return out
 
@@ -321,6 +321,7 @@ def build_manifest(
     inputs: Mapping[str, str | os.PathLike] | None = None,
     *,
     root: str | os.PathLike | None = None,
+    computes: bool = True,
     **extra: Any,
 ) -> Manifest:
     """Start a manifest for a run with these parameters, seed and input files.
@@ -330,6 +331,8 @@ def build_manifest(
         seed: the random seed (``None`` when the run has none).
         inputs: named input files or folders whose SHA-256 is recorded (e.g. checkpoints).
         root: the repository root (default :func:`repo_root`).
+        computes: this process runs the computation (``False`` for the runner and the pipeline,
+            whose kernels compute under their own instruction cap: see :func:`platform_info`).
         **extra: more top-level keys (JSON-serialisable), e.g. ``notebook={...}``.
 
     Example:
@@ -346,7 +349,7 @@ def build_manifest(
         versions=package_versions(),
         git=git_info(base),
         rftlib_source_sha256=rftlib_source_hash(),
-        platform=platform_info(),
+        platform=platform_info(computes),
         started=_now(),
         finished=None,
         wall_seconds=None,
